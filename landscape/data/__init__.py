@@ -1,0 +1,68 @@
+"""Data sets: ``get_dataset(name, split, root=None, augment=False, **kwargs)``."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+
+from landscape.data.base import ArrayDataset
+from landscape.data.mnist1d import data_dir, mnist1d
+from landscape.data.synthetic import synthetic
+
+_DATASETS: dict[str, Callable[..., ArrayDataset]] = {"mnist1d": mnist1d, "synthetic": synthetic}
+SPLITS = ("train", "test")
+
+
+def register_dataset(name: str, fn: Callable[..., ArrayDataset]) -> None:
+    """Make ``fn(split, **kwargs) -> ArrayDataset`` available under ``name``."""
+    _DATASETS[name] = fn
+
+
+def dataset_names() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def get_dataset(name: str, split: str = "train", root=None, augment: bool = False, **kwargs) -> ArrayDataset:
+    """Load a data set split into memory.
+
+    Args:
+        name: one of ``dataset_names()``.
+        split: ``"train"`` or ``"test"``.
+        root: data folder (CIFAR: the extracted ``cifar-10-batches-py`` folder or its parent;
+            MNIST-1D: cache folder).
+        augment: attach the data set's training augmentation (applied per batch by the trainer).
+        **kwargs: data-set options (``num_samples``, ``seed``, ``input_shape``...).
+
+    Example:
+        >>> ds = get_dataset("synthetic", "train", num_samples=16, input_shape=(4,))
+        >>> len(ds)
+        16
+    """
+    if name not in _DATASETS:
+        hint = difflib.get_close_matches(name, _DATASETS, n=1)
+        raise ValueError(
+            f"unknown dataset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; accepted: {', '.join(dataset_names())}"
+        )
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+    fn = _DATASETS[name]
+    sig = inspect.signature(fn).parameters
+    if "root" in sig:
+        kwargs["root"] = root
+    for key in kwargs:
+        if key not in sig:
+            accepted = [k for k in sig if k != "split"]
+            hint = difflib.get_close_matches(key, accepted, n=1)
+            raise ValueError(
+                f"dataset {name!r} has no option {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; accepted: {', '.join(accepted)}"
+            )
+    ds = fn(split, **kwargs)
+    if not augment:
+        ds.transform = None
+    return ds
+
+
+__all__ = ["ArrayDataset", "data_dir", "dataset_names", "get_dataset", "register_dataset"]

@@ -1,0 +1,180 @@
+"""Parameter groups, selected by module type and by stage, never by name substrings.
+
+A *group spec* is a small string language used by SAM masks, the objective and every analysis:
+
+==================  ====================================================================
+``"all"``           every trainable parameter
+``"norm"``          gamma/beta of normalization layers (BatchNorm/InstanceNorm via
+                    ``_NormBase``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``), by module type
+``"no-norm"``       everything else
+``"weights"``       non-normalization parameters with ``ndim >= 2``
+``"biases"``        non-normalization parameters with ``ndim <= 1``
+``"B3"``/``"B2+B3"``  every parameter inside stage 3 (or stages 2 and 3); stages are the
+                    model's ``stages`` attribute (module-name prefixes), as in SAM-ON
+                    Section 4.3's "B3" and "B2+B3"
+``"glob:PAT|PAT"``  parameter names matching any of the ``fnmatch`` patterns
+``A&B``             intersection, e.g. ``"norm&B2+B3"`` (SAM-ON's per-block SAM-ON masks)
+==================  ====================================================================
+
+Example:
+    >>> import torch.nn as nn
+    >>> from landscape.params import select
+    >>> m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    >>> list(select(m, "norm"))
+    ['1.weight', '1.bias']
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.LayerNorm, nn.GroupNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
+
+KEYWORDS = ("all", "norm", "no-norm", "weights", "biases")
+
+GroupSpec = str | Iterable[str] | Callable[[str, nn.Parameter], bool]
+
+
+class GroupError(ValueError):
+    """A parameter group spec that is malformed, unknown or selects nothing."""
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """True for normalization layers (by type, SAM-ON's "normalization parameters")."""
+    return isinstance(module, NORM_TYPES)
+
+
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the affine parameters (gamma, beta) of every normalization layer."""
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if is_norm_module(module):
+            for p_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def stages(model: nn.Module) -> tuple[str, ...]:
+    """Module-name prefixes of the model's stages (blocks) B1, B2, ..., in order."""
+    st = getattr(model, "stages", None)
+    if not st:
+        raise GroupError(
+            f"{type(model).__name__} declares no `stages` attribute, so stage groups like 'B3' "
+            "cannot be resolved; use a 'glob:' spec instead"
+        )
+    return tuple(st)
+
+
+def _in_prefix(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _term_predicate(model: nn.Module, term: str) -> Callable[[str, nn.Parameter], bool]:
+    term = term.strip()
+    if term == "all":
+        return lambda n, p: True
+    if term in ("norm", "no-norm", "weights", "biases"):
+        norm = norm_parameter_names(model)
+        if term == "norm":
+            return lambda n, p: n in norm
+        if term == "no-norm":
+            return lambda n, p: n not in norm
+        if term == "weights":
+            return lambda n, p: n not in norm and p.ndim >= 2
+        return lambda n, p: n not in norm and p.ndim <= 1
+    if term.startswith("glob:"):
+        pats = [s for s in term[5:].split("|") if s]
+        if not pats:
+            raise GroupError(f"empty glob in parameter group {term!r}; write e.g. 'glob:fc.*'")
+        return lambda n, p: any(fnmatch.fnmatchcase(n, pat) for pat in pats)
+    if term.startswith("B") and all(t.strip()[1:].isdigit() and t.strip()[:1] == "B" for t in term.split("+")):
+        prefixes = stages(model)
+        chosen = []
+        for t in term.split("+"):
+            k = int(t.strip()[1:])
+            if not 1 <= k <= len(prefixes):
+                raise GroupError(
+                    f"stage {t.strip()!r} does not exist: {type(model).__name__} has stages "
+                    f"B1..B{len(prefixes)} ({', '.join(prefixes)})"
+                )
+            chosen.append(prefixes[k - 1])
+        return lambda n, p: any(_in_prefix(n, pre) for pre in chosen)
+    hint = difflib.get_close_matches(term, KEYWORDS, n=1)
+    raise GroupError(
+        f"unknown parameter group {term!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + f"; accepted: {', '.join(KEYWORDS)}, stages like 'B3' or 'B2+B3', 'glob:PATTERN', "
+        "and intersections with '&'"
+    )
+
+
+def select(model: nn.Module, spec: GroupSpec = "all", *, trainable_only: bool = True) -> dict[str, nn.Parameter]:
+    """Select a parameter group, in ``model.named_parameters()`` order.
+
+    Args:
+        model: the network.
+        spec: a group spec string (see module docstring), a list of parameter names, or a
+            predicate ``(name, parameter) -> bool``.
+        trainable_only: skip parameters with ``requires_grad=False``.
+
+    Returns:
+        ``{name: parameter}`` for the group. Raises ``GroupError`` if it is empty.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Conv1d(1, 2, 3), nn.GroupNorm(1, 2))
+        >>> list(select(m, "weights"))
+        ['0.weight']
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
+    if callable(spec):
+        pred = spec
+        label = getattr(spec, "__name__", "predicate")
+    elif isinstance(spec, str):
+        preds = [_term_predicate(model, t) for t in spec.split("&")]
+        pred = lambda n, p: all(f(n, p) for f in preds)  # noqa: E731
+        label = spec
+    else:
+        wanted = list(spec)
+        names = {n for n, _ in named}
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            hint = difflib.get_close_matches(missing[0], list(names), n=1)
+            raise GroupError(
+                f"parameter {missing[0]!r} is not in the model"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        keep = set(wanted)
+        pred = lambda n, p: n in keep  # noqa: E731
+        label = f"{len(wanted)} named parameters"
+    out = {n: p for n, p in named if pred(n, p)}
+    if not out:
+        raise GroupError(
+            f"parameter group {label!r} selects no parameters of {type(model).__name__}"
+            + (" (it has no normalization layers)" if label == "norm" else "")
+        )
+    return out
+
+
+def mask(model: nn.Module, spec: GroupSpec) -> dict[str, torch.Tensor]:
+    """Boolean masks (one per parameter, same shape) that are True inside the group."""
+    chosen = select(model, spec)
+    return {
+        n: torch.full_like(p, n in chosen, dtype=torch.bool) for n, p in model.named_parameters()
+    }
+
+
+def count(model: nn.Module, spec: GroupSpec = "all") -> int:
+    """Number of scalar entries in a group (0 when the group is empty)."""
+    try:
+        return sum(p.numel() for p in select(model, spec).values())
+    except GroupError:
+        return 0
