@@ -1,0 +1,21 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path_factory, monkeypatch):
+    # MNIST-1D caches generated data; keep tests off the user's cache but share it within a run.
+    monkeypatch.setenv("LANDSCAPE_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+
+
+@pytest.fixture
+def f64():
+    """Run a test in float64 (exact references)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
