@@ -1,0 +1,59 @@
+"""Progress reporting: a tqdm bar on a terminal, sparse log lines otherwise (Slurm logs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("landscape")
+
+
+class Progress:
+    """Counts work units; shows tqdm when stderr is a TTY, else logs every ~5 % or 60 s.
+
+    Example:
+        >>> with Progress(10, "demo", enabled=False) as p:
+        ...     for _ in range(10):
+        ...         p.update()
+    """
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, every_s: float = 60.0):
+        self.total, self.desc, self.enabled, self.every_s = max(int(total), 1), desc, enabled, every_s
+        self.done = 0
+        self.postfix = ""
+        self._bar = None
+        self._t0 = self._last_t = time.monotonic()
+        self._last_frac = 0.0
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1, postfix: str = "") -> None:
+        self.done += n
+        if postfix:
+            self.postfix = postfix
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix_str(postfix, refresh=False)
+            return
+        now = time.monotonic()
+        frac = self.done / self.total
+        if frac - self._last_frac >= 0.05 or now - self._last_t >= self.every_s or self.done == self.total:
+            self._last_frac, self._last_t = frac, now
+            log.info("%s: %d/%d (%.0f%%) %.0fs %s", self.desc, self.done, self.total, 100 * frac, now - self._t0, self.postfix)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
