@@ -1,0 +1,166 @@
+"""Trainer: run folder, determinism, resume, divergence, momentum buffers, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from landscape.checkpoint import load_checkpoint
+from landscape.cli import main
+from landscape.config import ConfigError, TrainConfig
+from landscape.train import TrainingError, lr_factor, train
+
+
+def _cfg(tmp_path, name="run", **kw):
+    base = dict(dataset="synthetic", dataset_kwargs={"num_samples": 96, "input_shape": [6]},
+                model="mlp", model_kwargs={"width": 8}, epochs=2, batch_size=32, lr=0.05,
+                out=str(tmp_path / name))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _states_equal(a, b):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_run_folder_metrics_and_momentum(tmp_path):
+    run = train(_cfg(tmp_path, epochs=3, save_every=2), progress=False)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["epoch_0002.pt", "epoch_0003.pt", "last.pt", "run.json"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and [h["epoch"] for h in info["history"]] == [1, 2, 3]
+    assert set(info["history"][0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr"}
+    ck = load_checkpoint(run / "last.pt")
+    assert ck.epoch == 3 and ck.step == 9 and ck.config["model"] == "mlp"
+    mom = ck.momentum()
+    assert set(mom) == {n for n, _ in ck.model.named_parameters()}
+    assert all(v.abs().sum() > 0 for v in mom.values())
+
+
+def test_same_seed_bit_identical_and_global_rng_untouched(tmp_path):
+    state = torch.get_rng_state()
+    a = train(_cfg(tmp_path, "a", seed=3), progress=False)
+    assert torch.equal(state, torch.get_rng_state())
+    b = train(_cfg(tmp_path, "b", seed=3), progress=False)
+    c = train(_cfg(tmp_path, "c", seed=4), progress=False)
+    ca, cb, cc = (load_checkpoint(r / "last.pt") for r in (a, b, c))
+    assert _states_equal(ca, cb)
+    assert not _states_equal(ca, cc)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    kw = dict(epochs=4, model_kwargs={"width": 8, "norm": "batch"}, augment=False)
+    full = train(_cfg(tmp_path, "full", **kw), progress=False)
+    # a run killed after epoch 2 holds exactly that epoch's state as last.pt
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(full / "epoch_0002.pt", part / "last.pt")
+    shutil.copy(full / "run.json", part / "run.json")
+    part = train(_cfg(tmp_path, "part", **kw), progress=False)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
+    assert _states_equal(a, b)
+    for k, v in a.momentum().items():
+        assert torch.equal(v, b.momentum()[k])
+    hist = json.loads((part / "run.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_config_and_existing_run_without_resume(tmp_path):
+    train(_cfg(tmp_path), progress=False)
+    with pytest.raises(TrainingError, match="lr"):
+        train(_cfg(tmp_path, lr=0.5), progress=False)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(_cfg(tmp_path, resume=False), progress=False)
+
+
+def test_divergence_stops_keeps_last_good(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1)
+    run = train(cfg, progress=False)
+    good = load_checkpoint(run / "last.pt")
+    with pytest.raises(TrainingError, match="loss became"):
+        train(_cfg(tmp_path, epochs=3, lr=1e30, schedule="constant", out=str(tmp_path / "div")), progress=False)
+    info = json.loads((tmp_path / "div" / "run.json").read_text())
+    assert info["status"] == "diverged" and "loss became" in info["error"]
+    # the good run is untouched
+    assert _states_equal(good, load_checkpoint(run / "last.pt"))
+
+
+def test_divergence_after_good_epoch_keeps_it(tmp_path, monkeypatch):
+    import landscape.optim
+
+    real = landscape.optim.train_step
+    calls = {"n": 0}
+
+    def exploding(model, opt, x, y, loss_fn):
+        calls["n"] += 1
+        loss, logits = real(model, opt, x, y, loss_fn)
+        if calls["n"] > 4:  # epoch 2 (3 steps per epoch) goes bad
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+            return torch.tensor(float("nan")), logits
+        return loss, logits
+
+    monkeypatch.setattr(landscape.optim, "train_step", exploding)
+    with pytest.raises(TrainingError, match="epoch 2"):
+        train(_cfg(tmp_path, "w", epochs=3), progress=False)
+    w = load_checkpoint(tmp_path / "w" / "last.pt")
+    assert w.epoch == 1
+    assert all(torch.isfinite(p).all() for p in w.model.parameters())
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["epoch_0001.pt", "last.pt", "run.json"]
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(epochs=10, warmup_epochs=2)
+    f = [lr_factor(cfg, s, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.05) and f[19] == pytest.approx(1.0)
+    assert f[20] == pytest.approx(1.0) and f[-1] < 0.01
+    assert all(a >= b for a, b in zip(f[20:], f[21:]))
+
+
+def test_adamw_and_label_smoothing(tmp_path):
+    run = train(_cfg(tmp_path, optimizer="adamw", lr=1e-3, label_smoothing=0.1), progress=False)
+    ck = load_checkpoint(run / "last.pt")
+    assert "exp_avg" in next(iter(ck.optimizer_state["state"].values()))
+    assert set(ck.momentum()) == {n for n, _ in ck.model.named_parameters()}
+
+
+def test_inferred_shapes_just_work(tmp_path):
+    run = train(TrainConfig(dataset="synthetic", model="mlp", epochs=1, out=str(tmp_path / "r")), progress=False)
+    ck = load_checkpoint(run / "last.pt")
+    assert ck.model_spec["kwargs"]["num_classes"] == 10
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        TrainConfig.from_dict({"lrr": 0.1})
+    with pytest.raises(ValueError, match="accepted"):
+        train(TrainConfig(dataset="mnist2d", out="/nonexistent/x"), progress=False)
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--dataset", "synthetic", "--dataset-kwargs", "num_samples=64", "input_shape=[5]",
+               "--model", "mlp", "--model-kwargs", "width=4", "--epochs", "1", "--batch-size", "32",
+               "--out", str(out)])
+    assert rc == 0 and (out / "last.pt").exists()
+    assert "test acc" in capsys.readouterr().out
+    assert main(["train", "--model", "mlp", "--rho", "0.1", "--out", str(tmp_path / "x")]) == 2
+    assert "--rho" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic", "--model", "mlpp", "--epochs", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown model 'mlpp'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--optimizer", "sgdx"])
+
+
+def test_cli_toml_config_strict(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_text('model = "mlp"\nepoch = 1\n')
+    assert main(["train", "--config", str(p)]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
