@@ -7,10 +7,16 @@ import inspect
 from collections.abc import Callable
 
 from landscape.data.base import ArrayDataset
+from landscape.data.cifar import cifar10, cifar100
 from landscape.data.mnist1d import data_dir, mnist1d
 from landscape.data.synthetic import synthetic
 
-_DATASETS: dict[str, Callable[..., ArrayDataset]] = {"mnist1d": mnist1d, "synthetic": synthetic}
+_DATASETS: dict[str, Callable[..., ArrayDataset]] = {
+    "mnist1d": mnist1d,
+    "synthetic": synthetic,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+}
 SPLITS = ("train", "test")
 
 
