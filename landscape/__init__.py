@@ -1,3 +1,78 @@
-"""landscape: sharpness-aware training and loss-landscape analysis for PyTorch."""
+"""landscape: sharpness-aware training and loss-landscape analysis for PyTorch.
+
+The public API, declared once here (``import landscape as ls``). Heavy modules are imported
+lazily, so ``import landscape`` stays fast and plotting never pulls in torch-only pieces it does
+not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# name -> module that defines it, grouped as in the README.
+_API: dict[str, str] = {
+    # options
+    "TrainConfig": "landscape.config",
+    "SAMConfig": "landscape.config",
+    "MSAMConfig": "landscape.config",
+    "ConfigError": "landscape.config",
+    # models, data, parameter groups
+    "build_model": "landscape.models",
+    "describe": "landscape.models",
+    "model_names": "landscape.models",
+    "get_dataset": "landscape.data",
+    "dataset_names": "landscape.data",
+    "ArrayDataset": "landscape.data",
+    "select": "landscape.params",
+    "GroupError": "landscape.params",
+    # training
+    "train": "landscape.train",
+    "TrainingError": "landscape.train",
+    "SAM": "landscape.optim",
+    "MSAM": "landscape.optim",
+    "build_optimizer": "landscape.optim",
+    "train_step": "landscape.optim",
+    "recalibrate_bn": "landscape.optim",
+    # checkpoints
+    "save_checkpoint": "landscape.checkpoint",
+    "load_checkpoint": "landscape.checkpoint",
+    "find_checkpoints": "landscape.checkpoint",
+    "Checkpoint": "landscape.checkpoint",
+    "CheckpointError": "landscape.checkpoint",
+    # analyses
+    "Objective": "landscape.objective",
+    "hessian_spectrum": "landscape.analyses.hessian",
+    "HessianOptions": "landscape.analyses.hessian",
+    "lanczos": "landscape.analyses.lanczos",
+    "sharpness": "landscape.analyses.sharpness",
+    "SharpnessOptions": "landscape.analyses.sharpness",
+    "apgd": "landscape.analyses.apgd",
+    "norm_params": "landscape.analyses.norm_params",
+    "NormParamsOptions": "landscape.analyses.norm_params",
+    "register_analysis": "landscape.analyses.registry",
+    "analysis_names": "landscape.analyses.registry",
+    # results and batch analysis
+    "write_result": "landscape.results",
+    "read_result": "landscape.results",
+    "open_results": "landscape.results",
+    "analyze": "landscape.batch",
+    "Summary": "landscape.batch",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
