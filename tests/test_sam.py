@@ -297,6 +297,13 @@ def test_state_dict_round_trip_holds_momentum(f64, tmp_path):
         assert torch.equal(a, b)
     plain = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
     plain.load_state_dict(opt2.state_dict())  # the format is the base optimizer's
+    # loading into the base optimizer directly (as a trainer may) keeps the wrapper in sync
+    opt2.base_optimizer.load_state_dict(plain.state_dict())
+    opt2.param_groups[0]["lr"] = 0.01
+    assert opt2.base_optimizer.param_groups[0]["lr"] == 0.01
+    assert opt2.state is opt2.base_optimizer.state
+    clone = copy.deepcopy(opt2)
+    assert clone.param_groups is clone.base_optimizer.param_groups
 
 
 def test_build_optimizer_from_config():

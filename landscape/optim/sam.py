@@ -73,7 +73,8 @@ MASKS = ("all", "norm", "no-norm", "random", "blocks")
 class OptimizerWrapper(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that drives a base optimizer and shares its state.
 
-    ``param_groups`` and ``state`` are the base optimizer's own objects, so a trainer that sets
+    ``param_groups`` and ``state`` *are* the base optimizer's (properties that always read
+    through, also after ``base_optimizer.load_state_dict`` replaced them), so a trainer that sets
     ``group["lr"]`` on the wrapper (or an LR scheduler) steers the base optimizer, and
     ``state_dict()`` / ``load_state_dict()`` are the base optimizer's (with its momentum
     buffers), loadable into a plain base optimizer and back.
@@ -85,13 +86,44 @@ class OptimizerWrapper(torch.optim.Optimizer):
                 f"base_optimizer_class must be a torch.optim.Optimizer subclass such as torch.optim.SGD, "
                 f"got {base_optimizer_class!r}"
             )
-        self.base_optimizer = base_optimizer_class(params, **base_kwargs)
-        super().__init__(self.base_optimizer.param_groups, self.base_optimizer.defaults)
-        self._share()
+        base = base_optimizer_class(params, **base_kwargs)
+        # torch's __init__ sets up hooks and fills throw-away param_groups/state (see setters)
+        super().__init__(base.param_groups, base.defaults)
+        self.__dict__.pop("_init_param_groups", None)
+        self.__dict__.pop("_init_state", None)
+        self.base_optimizer = base
 
-    def _share(self) -> None:
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        base = self.__dict__.get("base_optimizer")
+        return base.param_groups if base is not None else self.__dict__["_init_param_groups"]
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        base = self.__dict__.get("base_optimizer")
+        if base is not None:
+            base.param_groups = value
+        else:
+            self.__dict__["_init_param_groups"] = value
+
+    @property
+    def state(self):  # type: ignore[override]
+        base = self.__dict__.get("base_optimizer")
+        return base.state if base is not None else self.__dict__["_init_state"]
+
+    @state.setter
+    def state(self, value) -> None:
+        base = self.__dict__.get("base_optimizer")
+        if base is not None:
+            base.state = value
+        else:
+            self.__dict__["_init_state"] = value
+
+    def __getstate__(self) -> dict[str, Any]:  # copy/pickle the wrapper with its base optimizer
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict (holds ``momentum_buffer`` / ``exp_avg``)."""
@@ -100,13 +132,11 @@ class OptimizerWrapper(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a base-optimizer state dict (from this wrapper or the plain base optimizer)."""
         self.base_optimizer.load_state_dict(state_dict)
-        # torch rebuilds param_groups and state on load: share the new objects again
-        self._share()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "base_optimizer" in self.__dict__ and self.param_groups is self.base_optimizer.param_groups:
+        if "base_optimizer" in self.__dict__:
             self.base_optimizer.add_param_group(param_group)
-        else:  # during torch.optim.Optimizer.__init__, re-registering the base's own groups
+        else:  # during torch.optim.Optimizer.__init__: the base's own groups, into the throw-away list
             super().add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
