@@ -27,7 +27,7 @@ from landscape.analyses.registry import (
     resolve_options,
     unregister_analysis,
 )
-from landscape.batch import Summary, analyze, run_task
+from landscape.batch import RunTask, Summary, analyze, run_task
 from landscape.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from landscape.cli_analyze import main, parse_minutes, parse_set, parse_slurm
 from landscape.config import ConfigError, Options
@@ -503,6 +503,14 @@ def test_slurm_executor_is_configured(tmp_path):
 
     ex = slurm_executor("cluster=local,time=5,cpus=2", tmp_path)
     assert type(ex).__name__ == "AutoExecutor" and ex.cluster == "local"
+
+
+def test_requeue_resubmits_the_same_task():
+    submitit = pytest.importorskip("submitit")
+    task = {"checkpoint": "a.pt", "analysis": "norm_params"}
+    delayed = RunTask().checkpoint(task)
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert isinstance(delayed.function, RunTask) and delayed.args == (task,)
 
 
 def test_summary_str():
