@@ -1,0 +1,294 @@
+"""Hessian spectra: top eigenvalues, trace and spectral density, for any parameter group.
+
+One analysis, three estimators, all from Hessian-vector products of one
+:class:`~landscape.objective.Objective` (the loss over a fixed data set, batch by batch):
+
+* **top eigenvalues** by Lanczos with full reorthogonalization, stopped on relative Ritz
+  residuals (:mod:`landscape.analyses.lanczos`), plus the ratio ``lambda_max / lambda_k`` that SAM
+  (Foret et al. 2021, Section 4.2 / Fig. 3) reports;
+* **the trace** by Hutch++ (default) or Hutchinson with Rademacher probes, stopped on the standard
+  error (:mod:`landscape.analyses.trace`);
+* **the spectral density** by stochastic Lanczos quadrature (Ghorbani et al. 2019; SAM Fig. 3:
+  about 90 steps, >= 10 Rademacher starts), broadened with an explicit Gaussian width ``sigma``
+  (default 1 % of the spread of the quadrature nodes), with the raw nodes and weights kept so the
+  density can be re-smoothed (:mod:`landscape.analyses.slq`).
+
+BatchNorm is in eval mode by default (running statistics): the loss is then a sum over examples
+and the Hessian does not depend on the batch split. ``bn_mode="train"`` is a different matrix
+(batch statistics over the fixed partition; it changes with ``batch_size``) - see
+:class:`~landscape.objective.Objective`. The model is never modified.
+
+Example:
+    >>> from landscape.models import build_model
+    >>> from landscape.data import get_dataset
+    >>> ds = get_dataset("synthetic", num_samples=64, input_shape=(8,), num_classes=3)
+    >>> model = build_model("mlp", input_shape=(8,), num_classes=3, width=8, depth=1)
+    >>> res = hessian_spectrum(model, ds, top_k=3, slq_runs=2, slq_steps=20, trace_samples=30)
+    >>> res.eigenvalues.dims, int(res.hvps.sel(part="eigenvalues")) > 0
+    (('k',), True)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from landscape.analyses.lanczos import lanczos
+from landscape.analyses.slq import default_grid, default_sigma, gaussian_density, slq
+from landscape.analyses.trace import hutchinson, hutchpp
+from landscape.config import Options, check
+from landscape.objective import Objective
+
+__all__ = ["HessianOptions", "hessian_spectrum"]
+
+PARTS = ("eigenvalues", "trace", "density")
+
+
+@dataclass(frozen=True)
+class HessianOptions(Options):
+    """Options of :func:`hessian_spectrum` (same names, same defaults).
+
+    Defaults and where they come from: ``slq_steps=90`` and ``slq_runs=10`` (Ghorbani et al.
+    2019, used by SAM Fig. 3); ``trace_samples=99`` matvecs (Hutch++'s three equal thirds);
+    ``tol=1e-3`` relative Ritz residual (bounds the eigenvalue error; the error itself is
+    typically far smaller, about residual^2 / gap).
+    """
+
+    top_k: int = 5
+    which: Literal["LA", "SA", "LM"] = "LA"
+    tol: float = 1e-3
+    max_steps: int | None = None
+    params: str = "all"
+    batch_size: int = 256
+    max_samples: int | None = None
+    bn_mode: Literal["eval", "train"] = "eval"
+    logit_normalize: bool = False
+    loss: Literal["ce", "mse"] = "ce"
+    eigenvectors: bool = False
+    trace: bool = True
+    trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
+    trace_samples: int = 99
+    trace_rtol: float = 1e-2
+    density: bool = True
+    slq_runs: int = 10
+    slq_steps: int = 90
+    grid_points: int = 1000
+    sigma: float | None = None
+    hvp_method: Literal["auto", "jvp", "linearize", "double-backward"] = "auto"
+    seed: int = 0
+    dtype: Literal["float32", "float64"] | None = None
+
+    def validate(self) -> None:
+        pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+        check(pos(self.top_k), f"HessianOptions.top_k must be a positive int, got {self.top_k!r}")
+        check(self.tol > 0, f"HessianOptions.tol must be > 0, got {self.tol!r}")
+        check(self.max_steps is None or (pos(self.max_steps) and self.max_steps >= self.top_k),
+              f"HessianOptions.max_steps must be None or an int >= top_k={self.top_k}, got {self.max_steps!r}")
+        check(pos(self.batch_size), f"HessianOptions.batch_size must be a positive int, got {self.batch_size!r}")
+        check(self.max_samples is None or pos(self.max_samples),
+              f"HessianOptions.max_samples must be None or a positive int, got {self.max_samples!r}")
+        check(pos(self.trace_samples) and self.trace_samples >= 3,
+              f"HessianOptions.trace_samples (matvec budget) must be an int >= 3, got {self.trace_samples!r}")
+        check(self.trace_rtol >= 0, f"HessianOptions.trace_rtol must be >= 0, got {self.trace_rtol!r}")
+        check(pos(self.slq_runs), f"HessianOptions.slq_runs must be a positive int, got {self.slq_runs!r}")
+        check(pos(self.slq_steps), f"HessianOptions.slq_steps must be a positive int, got {self.slq_steps!r}")
+        check(pos(self.grid_points) and self.grid_points >= 2,
+              f"HessianOptions.grid_points must be an int >= 2, got {self.grid_points!r}")
+        check(self.sigma is None or self.sigma > 0, f"HessianOptions.sigma must be None or > 0, got {self.sigma!r}")
+
+
+def _seeds(seed: int) -> list[torch.Generator]:
+    # Independent streams for the three parts: turning one part off leaves the others unchanged.
+    states = np.random.SeedSequence(seed).generate_state(len(PARTS), dtype=np.uint64)
+    return [torch.Generator().manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
+
+
+def hessian_spectrum(
+    model: torch.nn.Module,
+    data,
+    *,
+    top_k: int = 5,
+    which: str = "LA",
+    tol: float = 1e-3,
+    max_steps: int | None = None,
+    params: str = "all",
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    bn_mode: str = "eval",
+    logit_normalize: bool = False,
+    loss: str = "ce",
+    eigenvectors: bool = False,
+    trace: bool = True,
+    trace_method: str = "hutch++",
+    trace_samples: int = 99,
+    trace_rtol: float = 1e-2,
+    density: bool = True,
+    slq_runs: int = 10,
+    slq_steps: int = 90,
+    grid_points: int = 1000,
+    sigma: float | None = None,
+    hvp_method: str = "auto",
+    seed: int = 0,
+    dtype: str | None = None,
+) -> xr.Dataset:
+    """Top eigenvalues, trace and spectral density of the loss Hessian of a parameter group.
+
+    Args:
+        model: the network (never modified).
+        data: anything :class:`~landscape.objective.Objective` accepts (an ``ArrayDataset``, an
+            ``(x, y)`` tuple, an iterable of batches).
+        top_k: number of eigenvalues (``<= `` the group's dimension).
+        which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
+        tol: relative Ritz-residual tolerance of Lanczos.
+        max_steps: Lanczos budget (default ``min(P, max(20 top_k, 100))``).
+        params: parameter group ("all", "norm", "B3", "glob:...", ...): the Hessian block
+            of that group, the other parameters fixed.
+        batch_size, max_samples: the fixed batch partition of the data (first ``max_samples``).
+        bn_mode: "eval" (default) or "train" (a different, partition-dependent matrix).
+        logit_normalize, loss: loss options of the objective.
+        eigenvectors: also store the top-k Ritz vectors (dim ``parameter``, ``P`` floats each).
+        trace, trace_method, trace_samples, trace_rtol: estimate the trace with Hutch++ (default)
+            or Hutchinson, at most ``trace_samples`` HVPs, stopping when the standard error is
+            ``<= trace_rtol * |trace|``.
+        density, slq_runs, slq_steps, grid_points, sigma: the SLQ density on ``grid_points``
+            points; ``sigma`` ``None``: 1 % of the spread of the nodes.
+        hvp_method: "auto" (``linearize`` for a single in-memory batch, else "double-backward"),
+            "jvp" (forward-over-reverse), "linearize" or "double-backward" (reverse-over-reverse);
+            see ``Objective.hvp_operator`` for measured speeds.
+        seed: seeds the Lanczos start, the trace probes and the SLQ starts (independently).
+        dtype: "float64" evaluates on float64 copies (exact references); ``None``: model dtype.
+
+    Returns:
+        ``xr.Dataset`` with ``eigenvalues(k)``, ``eigenvalue_ratio(k)``, ``residuals(k)``,
+        ``converged(k)``, optional ``eigenvectors(k, parameter)``, ``trace`` and
+        ``trace_stderr``, ``density(grid)``, ``slq_nodes(run_slq, node)`` and
+        ``slq_weights(run_slq, node)``, ``hvps(part)`` (full-data HVPs per part), ``loss``; attrs
+        ``config_json``, ``sigma``, the grid, sizes and timings.
+
+    Raises:
+        GroupError: the parameter group is empty.
+        NonFiniteLossError: the loss at the checkpoint is NaN or infinite.
+        ValueError: ``top_k`` larger than the group's dimension, or a bad option.
+    """
+    opts = HessianOptions(
+        top_k=top_k, which=which, tol=tol, max_steps=max_steps, params=params, batch_size=batch_size,
+        max_samples=max_samples, bn_mode=bn_mode, logit_normalize=logit_normalize, loss=loss,
+        eigenvectors=eigenvectors, trace=trace, trace_method=trace_method, trace_samples=trace_samples,
+        trace_rtol=trace_rtol, density=density, slq_runs=slq_runs, slq_steps=slq_steps,
+        grid_points=grid_points, sigma=sigma, hvp_method=hvp_method, seed=seed, dtype=dtype,
+    )
+    obj = Objective(model, data, batch_size=opts.batch_size, max_samples=opts.max_samples,
+                    params=opts.params, bn_mode=opts.bn_mode, logit_normalize=opts.logit_normalize,
+                    loss=opts.loss, dtype=opts.dtype)
+    P = obj.numel
+    if opts.top_k > P:
+        raise ValueError(
+            f"top_k={opts.top_k} is larger than the dimension of parameter group {opts.params!r} "
+            f"({P} parameters); use top_k <= {P}"
+        )
+    loss0 = obj.check_finite()
+    method = opts.hvp_method
+    if method == "auto":
+        # Measured on CPU (see Objective.hvp_operator): linearize is fastest once traced, and
+        # one in-memory batch keeps its memory bounded; otherwise reverse-over-reverse, which
+        # beat forward-over-reverse ~2x, in constant memory.
+        method = "linearize" if obj.num_batches == 1 else "double-backward"
+    base = obj.hvp_operator(method=method)
+    counts = dict.fromkeys(PARTS, 0)
+    seconds = dict.fromkeys(PARTS, 0.0)
+    part = ["eigenvalues"]
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        counts[part[0]] += 1
+        return base(v)
+
+    g_eig, g_trace, g_slq = _seeds(opts.seed)
+    t0 = time.perf_counter()
+    eig = lanczos(matvec, P, k=opts.top_k, which=opts.which, tol=opts.tol, max_steps=opts.max_steps,
+                  seed=g_eig, eigenvectors=opts.eigenvectors, device=obj.device)
+    seconds["eigenvalues"] = time.perf_counter() - t0
+    if not bool(eig.converged.all()):
+        warnings.warn(
+            f"hessian_spectrum: {int((~eig.converged).sum())} of top_k={opts.top_k} eigenvalues did not reach "
+            f"tol={opts.tol} within {eig.steps} Lanczos steps (see `residuals`); raise max_steps",
+            RuntimeWarning, stacklevel=2,
+        )
+    lam = eig.eigenvalues.numpy()
+    k = np.arange(1, opts.top_k + 1)
+    data_vars: dict = {
+        "eigenvalues": ("k", lam, {"long_name": f"Hessian eigenvalues ({opts.which}, Ritz values)", "units": "1"}),
+        "eigenvalue_ratio": ("k", lam[0] / lam, {
+            "long_name": "lambda_1 / lambda_k (SAM Section 4.2 reports lambda_max / lambda_5)", "units": "1"}),
+        "residuals": ("k", eig.residuals.numpy(), {
+            "long_name": "Ritz residual norm |beta_m s_mk| (bound on the eigenvalue error)", "units": "1"}),
+        "converged": ("k", eig.converged.numpy().astype(np.int8), {
+            "long_name": "residual <= tol * |eigenvalue| (1 = yes)", "units": "1"}),
+        "loss": ((), loss0, {"long_name": "mean loss at the checkpoint", "units": "1"}),
+    }
+    coords: dict = {"k": ("k", k, {"long_name": "eigenvalue rank", "units": "1"})}
+    if opts.eigenvectors:
+        data_vars["eigenvectors"] = (("k", "parameter"), eig.eigenvectors.cpu().numpy(), {
+            "long_name": "unit Ritz vectors over the flattened parameter group", "units": "1"})
+    attrs: dict = {}
+
+    if opts.trace:
+        part[0] = "trace"
+        t0 = time.perf_counter()
+        rtol = opts.trace_rtol if opts.trace_rtol > 0 else None
+        if opts.trace_method == "hutch++":
+            est = hutchpp(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
+        else:
+            est = hutchinson(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
+        seconds["trace"] = time.perf_counter() - t0
+        data_vars["trace"] = ((), est.trace, {"long_name": f"Hessian trace ({opts.trace_method})", "units": "1"})
+        data_vars["trace_stderr"] = ((), est.stderr, {
+            "long_name": "standard error of the trace estimate", "units": "1"})
+        attrs["trace_converged"] = int(est.converged)
+
+    if opts.density:
+        part[0] = "density"
+        t0 = time.perf_counter()
+        nodes, weights = slq(matvec, P, runs=opts.slq_runs, steps=opts.slq_steps, seed=g_slq, device=obj.device)
+        s = float(opts.sigma) if opts.sigma is not None else default_sigma(nodes)
+        grid = default_grid(nodes, s, points=opts.grid_points)
+        dens = gaussian_density(nodes, weights, grid, s)
+        seconds["density"] = time.perf_counter() - t0
+        coords["grid"] = ("grid", grid.numpy(), {"long_name": "eigenvalue", "units": "1"})
+        coords["run_slq"] = ("run_slq", np.arange(opts.slq_runs), {"long_name": "SLQ start vector", "units": "1"})
+        coords["node"] = ("node", np.arange(nodes.shape[1]), {"long_name": "quadrature node index", "units": "1"})
+        data_vars["density"] = ("grid", dens.numpy(), {
+            "long_name": "spectral density (SLQ, Gaussian broadening sigma)", "units": "1"})
+        data_vars["slq_nodes"] = (("run_slq", "node"), nodes.numpy(), {
+            "long_name": "SLQ nodes (Ritz values; NaN after an early invariant subspace)", "units": "1"})
+        data_vars["slq_weights"] = (("run_slq", "node"), weights.numpy(), {
+            "long_name": "SLQ weights (squared first eigenvector components; sum 1 per run)", "units": "1"})
+        attrs.update(sigma=s, grid_min=float(grid[0]), grid_max=float(grid[-1]), grid_points=int(grid.numel()))
+
+    coords["part"] = ("part", list(PARTS), {"long_name": "part of the analysis", "units": "1"})
+    data_vars["hvps"] = ("part", np.array([counts[p] for p in PARTS], dtype=np.int64), {
+        "long_name": "Hessian-vector products over the whole data set", "units": "1"})
+    attrs.update(
+        analysis="hessian",
+        config_json=json.dumps(opts.to_dict(), sort_keys=True, default=list),
+        num_parameters=int(P),
+        num_samples=int(obj.num_samples),
+        num_batches=int(obj.num_batches),
+        params=str(opts.params),
+        bn_mode=opts.bn_mode,
+        hvp_method=method,
+        lanczos_steps=int(eig.steps),
+        lanczos_restarts=int(eig.restarts),
+        seconds_eigenvalues=seconds["eigenvalues"],
+        seconds_trace=seconds["trace"],
+        seconds_density=seconds["density"],
+        note=("bn_mode='train': BatchNorm uses batch statistics over the fixed partition; this is a different "
+              "matrix from the eval-mode Hessian and depends on batch_size") if opts.bn_mode == "train" else "",
+    )
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
