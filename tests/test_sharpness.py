@@ -15,6 +15,7 @@ from torch.func import functional_call
 from landscape.analyses.sharpness import SharpnessOptions, _batch_seed, sharpness
 from landscape.config import ConfigError
 from landscape.models import build_model
+from landscape.objective import NonFiniteLossError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -373,6 +374,10 @@ def test_bad_input_names_the_option():
         kw = {"m": 32, "n": 64, **kw}
         with pytest.raises(ConfigError, match=msg):
             sharpness(model, data, **kw)
+    with torch.no_grad():
+        model[3].weight[0, 0] = math.nan
+    with pytest.raises(NonFiniteLossError, match="batch 0"):
+        sharpness(model, data, m=32, n=64)
 
 
 def test_options_round_trip_and_registry_call(tmp_path):
@@ -402,3 +407,19 @@ def test_float32_model_in_float64_objective_keeps_the_model_float32():
     assert json.loads(res.attrs["config_json"])["dtype"] == "float64"
     assert_unchanged(model, snap)
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_autograd_step_equals_objective_loss_and_grad(f64):
+    # sharpness differentiates the objective's batch loss by plain autograd (faster on CPU than
+    # torch.func); it must be the same function and gradient as Objective.loss_and_grad.
+    from landscape.analyses.sharpness import _loss_and_grad
+    from landscape.objective import Objective
+
+    obj = Objective(bn_mlp(), tiny_data(), batch_size=32, logit_normalize=True)
+    theta = obj.theta0 + 0.01 * torch.randn(obj.numel, generator=torch.Generator().manual_seed(0))
+    for b in range(2):
+        l1, g1 = _loss_and_grad(obj, theta, b)
+        l2, g2 = obj.loss_and_grad(theta, b)
+        assert float(l1) == pytest.approx(float(l2), rel=1e-14)
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-14)
+
