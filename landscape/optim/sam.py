@@ -143,7 +143,7 @@ class OptimizerWrapper(torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
 
-def _named_params(model_or_params) -> tuple[nn.Module | None, list[tuple[str | None, nn.Parameter]], list]:
+def _named_params(model_or_params) -> tuple[nn.Module | None, list[tuple[str, nn.Parameter]], list]:
     """(model or None, [(name, param)] trainable, what to hand to the base optimizer)."""
     if isinstance(model_or_params, nn.Module):
         named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
@@ -162,21 +162,21 @@ def _named_params(model_or_params) -> tuple[nn.Module | None, list[tuple[str | N
             flat.append(it)
     if not flat:
         raise ValueError("optimizer got an empty parameter list")
-    return None, [(None, p) for p in flat], items
+    return None, [(f"param{i}", p) for i, p in enumerate(flat)], items
 
 
 class _Entry:
     """One parameter inside the mask: its elementwise mask (None = whole tensor) and kind."""
 
-    __slots__ = ("param", "mask", "is_bias")
+    __slots__ = ("name", "param", "mask", "is_bias")
 
-    def __init__(self, param: nn.Parameter, mask: torch.Tensor | None, is_bias: bool):
-        self.param, self.mask, self.is_bias = param, mask, is_bias
+    def __init__(self, name: str, param: nn.Parameter, mask: torch.Tensor | None, is_bias: bool):
+        self.name, self.param, self.mask, self.is_bias = name, param, mask, is_bias
 
 
-def _is_bias(model: nn.Module | None, name: str | None, p: nn.Parameter, norm_names: set[str]) -> bool:
+def _is_bias(model: nn.Module | None, name: str, p: nn.Parameter, norm_names: set[str]) -> bool:
     """ASAM's weight/bias split (Table 9, el. l2 orig.): normalization beta and 1-D others are biases."""
-    if name is not None and name in norm_names:
+    if name in norm_names:
         return name.rsplit(".", 1)[-1] != "weight"  # the norm module's own ``weight`` is gamma
     return p.ndim <= 1
 
@@ -288,10 +288,10 @@ class SAM(OptimizerWrapper):
             for (n, p), chunk in zip(named, flat.split(sizes)):
                 if chunk.any():
                     mk = chunk.view(p.shape).to(device=p.device, dtype=p.dtype)
-                    entries.append(_Entry(p, mk, _is_bias(model, n, p, norm_names)))
+                    entries.append(_Entry(n, p, mk, _is_bias(model, n, p, norm_names)))
             return entries
         if mask == "all":
-            return [_Entry(p, None, _is_bias(model, n, p, norm_names)) for n, p in named]
+            return [_Entry(n, p, None, _is_bias(model, n, p, norm_names)) for n, p in named]
         spec = f"norm&{blocks}" if mask == "blocks" else mask
         if mask == "blocks" and not blocks:
             raise ValueError("SAM: mask='blocks' needs blocks='B3', 'B2+B3' or similar")
@@ -299,16 +299,19 @@ class SAM(OptimizerWrapper):
             chosen = P.select(model, spec)
         except P.GroupError as err:
             raise P.GroupError(f"SAM mask={mask!r}" + (f" (blocks={blocks!r})" if blocks else "") + f": {err}") from None
-        return [_Entry(p, None, _is_bias(model, n, p, norm_names)) for n, p in named if n in chosen]
+        return [_Entry(n, p, None, _is_bias(model, n, p, norm_names)) for n, p in named if n in chosen]
 
     @property
-    def masked_parameters(self) -> list[nn.Parameter]:
-        """Parameters with at least one entry inside the mask."""
-        return [e.param for e in self._entries]
+    def masked_parameters(self) -> dict[str, nn.Parameter]:
+        """``{name: parameter}`` with at least one entry inside the mask (model order).
 
-    def mask_tensors(self) -> dict[int, torch.Tensor]:
-        """``{id(param): 0/1 tensor}`` for the masked parameters (1 = perturbed entry)."""
-        return {id(e.param): (torch.ones_like(e.param) if e.mask is None else e.mask.clone()) for e in self._entries}
+        Names are the model's; for a plain parameter list they are ``param0``, ``param1``...
+        """
+        return {e.name: e.param for e in self._entries}
+
+    def mask_tensors(self) -> dict[str, torch.Tensor]:
+        """``{name: 0/1 tensor}`` for the masked parameters (1 = perturbed entry)."""
+        return {e.name: (torch.ones_like(e.param) if e.mask is None else e.mask.clone()) for e in self._entries}
 
     # ----------------------------------------------------------- perturbation
     def _scale(self, e: _Entry, g: torch.Tensor) -> torch.Tensor | None:
