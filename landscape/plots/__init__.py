@@ -1,0 +1,39 @@
+"""Publication figures from saved results: read xarray Datasets, return matplotlib Figures.
+
+Every figure function takes a Dataset - one result file (:func:`landscape.results.read_result`),
+a folder combined over (run, step) (:func:`landscape.results.open_results`) or an analysis'
+direct output - and returns a :class:`matplotlib.figure.Figure`; :func:`save` writes it as PNG
+and PDF atomically. One color per run throughout (pass the same ``colors`` mapping, see
+:func:`run_colors`). This package depends on xarray and matplotlib only: it never imports torch.
+
+Example:
+    >>> from landscape.results import open_results  # doctest: +SKIP
+    >>> from landscape import plots  # doctest: +SKIP
+    >>> fig = plots.sharpness_vs_rho(open_results("results", "sharpness"))  # doctest: +SKIP
+    >>> plots.save(fig, "figures/sharpness_rho")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from landscape.plots.common import PlotError, run_colors, save
+from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
+from landscape.plots.norm_params import norm_param_histograms, rebin
+from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.training import combine_histories, history_dataset, training_curves
+
+__all__ = [
+    "PlotError",
+    "combine_histories",
+    "history_dataset",
+    "norm_param_histograms",
+    "rebin",
+    "run_colors",
+    "save",
+    "sharpness_vs_rho",
+    "sharpness_vs_step",
+    "slq_density",
+    "spectral_density",
+    "top_eigenvalues",
+    "trace",
+    "training_curves",
+]

@@ -1,0 +1,237 @@
+"""``landscape plot``: every figure that a results folder (and run folders) can give.
+
+Example::
+
+    landscape plot results/ --runs checkpoints/ --out figures/
+    landscape plot results/ --analyses sharpness --step 3900 --out figures/
+
+The lead's ``landscape/cli.py`` calls :func:`add_plot_parser`; :func:`plot_results` is the
+same as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from landscape.plots.common import PlotError, run_colors, save
+from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
+from landscape.plots.norm_params import norm_param_histograms
+from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.training import history_dataset, training_curves
+
+__all__ = ["FIGURES", "add_plot_parser", "plot_results", "run_plot"]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure drawn from one analysis: file stem, function, variables it needs.
+
+    ``at_step``: the function takes ``step=`` (a figure at one checkpoint); otherwise it is a
+    curve over training steps and is skipped when the results hold a single step.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    needs: tuple[str, ...]
+    at_step: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+FIGURES: dict[str, tuple[FigureSpec, ...]] = {
+    "hessian": (
+        FigureSpec("hessian_density", spectral_density, ("density",), at_step=True),
+        FigureSpec("hessian_eigenvalues", top_eigenvalues, ("eigenvalues",)),
+        FigureSpec("hessian_trace", trace, ("trace", "trace_stderr")),
+    ),
+    "sharpness": (
+        FigureSpec("sharpness_rho", sharpness_vs_rho, ("sharpness_mean", "sharpness_sem"), at_step=True),
+        FigureSpec("sharpness_step", sharpness_vs_step, ("sharpness_mean", "sharpness_sem")),
+    ),
+    "norm_params": (
+        FigureSpec("norm_params_hist", norm_param_histograms, ("histogram", "bin_edges"), at_step=True),
+    ),
+}
+
+
+def _note(text: str) -> None:
+    print(f"landscape plot: {text}", file=sys.stderr)
+
+
+def parse_plot_analyses(text: str | Sequence[str] | None) -> list[str]:
+    """``"hessian,sharpness"`` -> names, checked against :data:`FIGURES` (``None`` = all)."""
+    if text is None:
+        return list(FIGURES)
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if item not in FIGURES:
+            hint = difflib.get_close_matches(item, list(FIGURES), n=1)
+            raise PlotError(f"--analyses: no figures for {item!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; accepted: {', '.join(FIGURES)}")
+        if item not in names:
+            names.append(item)
+    if not names:
+        raise PlotError(f"--analyses is empty; accepted: {', '.join(FIGURES)}")
+    return names
+
+
+def run_histories(folder: str | Path) -> dict[str, xr.Dataset]:
+    """``run.json`` files under ``folder`` as :func:`history_dataset` s, by run name.
+
+    The run name is the run folder relative to ``folder`` (``folder``'s own name when it is a
+    run folder itself), as ``landscape analyze`` names runs, so colors and names match the
+    results. Runs without a finished epoch are skipped with a note.
+    """
+    from landscape.results import read_json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PlotError(f"--runs {folder}: no such folder")
+    out: dict[str, xr.Dataset] = {}
+    for path in sorted(folder.rglob("run.json")):
+        rel = path.parent.resolve().relative_to(folder.resolve()).as_posix()
+        name = folder.resolve().name if rel == "." else rel
+        try:
+            out[name] = history_dataset(read_json(path), run=name)
+        except (PlotError, ValueError) as e:
+            _note(f"skipped {path}: {e}")
+    return out
+
+
+def plot_results(
+    results: str | Path,
+    out: str | Path,
+    *,
+    analyses: str | Sequence[str] | None = None,
+    runs: str | Path | None = None,
+    step: int | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> tuple[list[Path], list[str]]:
+    """Draw every figure the results folder (and ``runs``' ``run.json`` files) can give.
+
+    Args:
+        results: a folder written by ``landscape analyze`` (may hold no result when ``runs``
+            has training histories).
+        out: folder for the figures, ``<figure>.png`` and ``.pdf`` (``<figure>-<options hash>``
+            when an analysis was run with several option sets).
+        analyses: names or a comma list among :data:`FIGURES` (default all); missing ones are
+            skipped with a note on stderr.
+        runs: a checkpoints folder; its ``run.json`` files give ``training_curves``.
+        step: the step of the one-checkpoint figures (default: each run's last).
+        formats: file formats per figure.
+
+    Returns:
+        ``(files written, failures)``; a failure is ``"figure: reason"``.
+
+    Raises:
+        PlotError: the results folder does not exist, or nothing at all could be plotted.
+    """
+    from landscape.results import ResultError, find_results, open_results
+
+    names = parse_plot_analyses(analyses)
+    results, out = Path(results), Path(out)
+    if not results.is_dir():
+        raise PlotError(f"{results}: no such results folder")
+    datasets: list[tuple[str, str, xr.Dataset]] = []  # (analysis, file suffix, dataset)
+    failures: list[str] = []
+    for name in names:
+        groups = find_results(results, name)
+        if not groups:
+            _note(f"no {name!r} results under {results}; skipped")
+            continue
+        for h in sorted(groups):
+            suffix = f"-{h}" if len(groups) > 1 else ""
+            try:
+                with warnings.catch_warnings():
+                    # xarray's notice about future combine defaults: nothing a user can act on here
+                    warnings.simplefilter("ignore", FutureWarning)
+                    datasets.append((name, suffix, open_results(results, name, options_hash=h)))
+            except (ResultError, ValueError) as e:  # ValueError: xarray could not combine the files
+                failures.append(f"{name}{suffix}: could not read or combine the results: {e}")
+                _note(f"could not read or combine the {name!r} results with options {h}: {e}")
+    histories = run_histories(runs) if runs is not None else {}
+    if runs is not None and not histories:
+        _note(f"no run.json with a finished epoch under {runs}; no training curves")
+    if not datasets and not histories:
+        if failures:
+            raise PlotError("no figure could be drawn:\n  " + "\n  ".join(failures))
+        raise PlotError(
+            f"nothing to plot: {results} holds no readable results of {', '.join(names)} "
+            f"(files <run>/<checkpoint>/<analysis>-<hash>.nc written by `landscape analyze`)"
+            + ("" if runs is not None else "; pass --runs CHECKPOINTS to plot training curves")
+        )
+    all_runs = sorted({str(r) for _, _, ds in datasets for r in ds["run"].values} | set(histories))
+    colors = run_colors(all_runs)
+    written: list[Path] = []
+
+    def draw(stem: str, make: Callable[[], Any]) -> None:
+        try:
+            fig = make()
+        except PlotError as e:
+            failures.append(f"{stem}: {e}")
+            _note(f"could not draw {stem}: {e}")
+            return
+        for p in save(fig, out / stem, formats):
+            written.append(p)
+            print(p)
+
+    for name, suffix, ds in datasets:
+        for spec in FIGURES[name]:
+            stem = spec.name + suffix
+            missing = [v for v in spec.needs if v not in ds.variables]
+            if missing:
+                _note(f"{stem}: the {name!r} results hold no {', '.join(missing)}; skipped")
+                continue
+            if not spec.at_step and ds.sizes.get("step", 1) < 2:
+                _note(f"{stem}: the {name!r} results hold a single training step; skipped (a curve over steps)")
+                continue
+            kwargs = dict(spec.kwargs, colors=colors)
+            if spec.at_step:
+                kwargs["step"] = step
+            draw(stem, lambda spec=spec, ds=ds, kwargs=kwargs: spec.fn(ds, **kwargs))
+    if histories:
+        draw("training_curves", lambda: training_curves(histories, colors=colors))
+    if not written and failures:
+        raise PlotError("no figure could be drawn:\n  " + "\n  ".join(failures))
+    return written, failures
+
+
+def add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``landscape plot`` on the subparsers of the main command line."""
+    p = sub.add_parser(
+        "plot", help="draw figures from a results folder (and training curves from run folders)",
+        description="Draw every figure the results of `landscape analyze` allow: Hessian density, "
+                    "eigenvalues and trace; sharpness vs rho and vs step; normalization-parameter "
+                    "histograms; and, with --runs, training curves. Missing analyses are skipped.",
+    )
+    p.add_argument("results", metavar="RESULTS_DIR", help="folder written by `landscape analyze --out`")
+    p.add_argument("--analyses", default=None, help=f"comma list among {','.join(FIGURES)} (default all)")
+    p.add_argument("--runs", metavar="CKPT_DIR", default=None,
+                   help="checkpoints folder: training curves from each run's run.json")
+    p.add_argument("--out", required=True, help="folder for the figures (PNG and PDF)")
+    p.add_argument("--step", type=int, default=None,
+                   help="training step of the one-checkpoint figures (default: each run's last)")
+    p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
+    p.set_defaults(func=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    formats = [f.strip().lower() for f in str(args.formats).split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise PlotError(f"--formats {args.formats!r}: accepted are png, pdf, svg")
+    written, failures = plot_results(args.results, args.out, analyses=args.analyses, runs=args.runs,
+                                     step=args.step, formats=formats)
+    _note(f"{len(written)} files written to {args.out}" + (f"; {len(failures)} failed" if failures else ""))
+    return 1 if failures else 0
