@@ -140,6 +140,25 @@ def test_sharpness_vs_rho_at_a_chosen_step_and_missing_step(sharp):
         plots.sharpness_vs_rho(sharp, step=12345)
 
 
+def test_runs_with_different_last_steps(sharp):
+    """An outer join over runs leaves NaN where a run has no checkpoint: each run's own last step."""
+    first, last = int(sharp.step.min()), int(sharp.step.max())
+    ds = sharp.copy(deep=True)
+    for v in ("sharpness_mean", "sharpness_sem"):
+        ds[v].loc[{"run": "sam", "step": last}] = np.nan
+    fig = plots.sharpness_vs_rho(ds)
+    ax = fig.axes[0]
+    sam, sgd = (c.lines[0].get_ydata() for c in ax.containers)
+    np.testing.assert_allclose(sam, sharp.sharpness_mean.sel(run="sam", step=first).values)
+    np.testing.assert_allclose(sgd, sharp.sharpness_mean.sel(run="sgd", step=last).values)
+    assert "last step of each run" in ax.get_title()
+    # the curve over steps skips the gap; a step only sgd has leaves sam out
+    ln = _lines(plots.sharpness_vs_step(ds, rho=0.01).axes[0])[0]
+    assert ln.get_label() == "sam" and ln.get_xdata().tolist() == [first]
+    fig = plots.sharpness_vs_rho(ds, step=last)
+    assert _labels(fig.axes[0]) == ["sgd"]
+
+
 def test_sharpness_single_file_and_direct_output(study, sharp):
     import torch
 
