@@ -396,6 +396,39 @@ def test_run_task_is_self_contained(tmp_path, ckpts):
     assert run_task({**task, "skip_existing": False})["status"] == "done"
 
 
+def test_builtin_hessian_and_sharpness_equal_direct_calls(tmp_path, ckpts):
+    # The batch path (registry, options, data from the checkpoint config) computes exactly what
+    # calling the analysis on the loaded checkpoint does.
+    from landscape.analyses.hessian import HessianOptions, hessian_spectrum
+    from landscape.analyses.sharpness import SharpnessOptions, sharpness
+    from landscape.data import get_dataset
+
+    opts = {"data": {"n": 16},
+            "hessian": {"top_k": 2, "trace": False, "slq_runs": 1, "slq_steps": 5, "grid_points": 50, "batch_size": 8},
+            "sharpness": {"n": 16, "m": 8, "steps": 2, "rho": [0.01, 0.02]}}
+    ck = ckpts / "sgd" / "epoch_0001.pt"
+    s = analyze(ck, "hessian,sharpness", out=tmp_path / "res", options=opts, threads=1, progress=False)
+    assert s.ok and len(s.done) == 2, s.failed
+    model = load_checkpoint(ck).model
+    data = get_dataset("synthetic", "train", **DATA["dataset_kwargs"]).subset(16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        direct = {
+            "hessian": hessian_spectrum(model, data, **HessianOptions.from_dict(opts["hessian"]).to_dict()),
+            "sharpness": sharpness(model, data, **SharpnessOptions.from_dict(opts["sharpness"]).to_dict()),
+        }
+    finally:
+        torch.set_num_threads(before)
+    for rec in s.done:
+        got, want = results.read_result(Path(rec["result"])), direct[rec["analysis"]]
+        assert set(got.data_vars) == set(want.data_vars)
+        for k in want.data_vars:
+            assert got[k].values[0, 0].tobytes() == np.asarray(want[k].values, dtype=got[k].dtype).tobytes(), k
+        assert json.loads(got.attrs["config_json"]) == json.loads(
+            {"hessian": HessianOptions, "sharpness": SharpnessOptions}[rec["analysis"]].from_dict(opts[rec["analysis"]]).to_json())
+
+
 # ---------------------------------------------------------------- data and options
 
 
