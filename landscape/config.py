@@ -80,8 +80,13 @@ class Options:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            allowed = _literal_values(hints[f.name])
             value = getattr(self, f.name)
+            sub = _nested_type(hints[f.name])
+            if sub is not None and isinstance(value, dict):
+                # TrainConfig(sam={"rho": 0.1}) means TrainConfig(sam=SAMConfig(rho=0.1))
+                value = sub.from_dict(value, where=f.name)
+                object.__setattr__(self, f.name, value)
+            allowed = _literal_values(hints[f.name])
             if allowed is not None and value not in allowed:
                 hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
                 raise ConfigError(
