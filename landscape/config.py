@@ -204,3 +204,8 @@ class TrainConfig(Options):
         check(not (self.sam is not None and self.optimizer == "msam"),
               "TrainConfig: choose either sam=... or optimizer='msam', not both")
         check(self.nesterov is False or self.momentum > 0, "TrainConfig.nesterov needs momentum > 0")
+        check(
+            self.sam is None or self.sam.m is None or self.batch_size % self.sam.m == 0,
+            f"TrainConfig: sam.m={self.sam.m if self.sam else None} must divide batch_size={self.batch_size} "
+            "(m-sharpness splits each batch into chunks of m)",
+        )

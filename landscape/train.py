@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from landscape.config import ConfigError, TrainConfig
+from landscape.config import ConfigError, MSAMConfig, TrainConfig
 from landscape.data import ArrayDataset, get_dataset
 from landscape.models import build_model
 from landscape.progress import Progress
@@ -184,7 +184,12 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
           start_epoch, step, history, progress):
     from landscape.optim.bn import recalibrate_bn
 
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    # m-sharpness needs every batch to split into chunks of m, so a short last batch is dropped.
+    drop_last = cfg.sam is not None and cfg.sam.m is not None
+    steps_per_epoch = len(train_ds) // cfg.batch_size if drop_last else math.ceil(len(train_ds) / cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training examples")
+    msam = cfg.msam or MSAMConfig()
     loss_fn = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)  # noqa: E731
     opt_spec = {"name": cfg.optimizer if cfg.sam is None else "sam", "kwargs": {"sam": cfg_dict["sam"], "msam": cfg_dict["msam"]}}
     status = {"status": "running"}
@@ -193,12 +198,13 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            if cfg.optimizer == "msam" and cfg.msam is not None:
-                optimizer.rho_active = not (cfg.msam.warmup_no_rho and epoch < cfg.warmup_epochs)
+            if cfg.optimizer == "msam":
+                optimizer.rho_active = not (msam.warmup_no_rho and epoch < cfg.warmup_epochs)
             t0 = time.monotonic()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
-            for x, y in train_ds.batches(cfg.batch_size, shuffle=True, generator=gen, augment=cfg.augment):
+            for x, y in train_ds.batches(cfg.batch_size, shuffle=True, generator=gen, augment=cfg.augment,
+                                         drop_last=drop_last):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
@@ -213,7 +219,7 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
                 correct += (logits.argmax(1) == y).sum()
                 step += 1
                 bar.update(postfix=f"epoch {epoch + 1} loss {loss.item():.3f}")
-            if cfg.optimizer == "msam" and cfg.msam is not None and cfg.msam.recalibrate_bn:
+            if cfg.optimizer == "msam" and msam.recalibrate_bn:
                 # BatchNorm statistics accumulated at shifted weights (MSAM Section 2.4);
                 # re-estimate them at the weights that are evaluated and saved.
                 recalibrate_bn(model, ((x.to(device), y) for x, y in train_ds.batches(cfg.batch_size)))

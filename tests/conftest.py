@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tests use tiny models, for which extra threads cost more than they give (and CI has 2 cores).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path_factory, monkeypatch):

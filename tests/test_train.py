@@ -164,3 +164,26 @@ def test_cli_toml_config_strict(tmp_path, capsys):
     p.write_text('model = "mlp"\nepoch = 1\n')
     assert main(["train", "--config", str(p)]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_sam_family_runs_store_options_and_momentum(tmp_path):
+    from landscape.config import SAMConfig
+
+    # 96 samples, batch 32 with m=16 -> every batch splits; 100 samples would leave a short batch
+    run = train(_cfg(tmp_path, "samon", dataset_kwargs={"num_samples": 100, "input_shape": [6]},
+                     model_kwargs={"width": 8, "norm": "batch"},
+                     sam=SAMConfig(rho=0.5, mask="norm", m=16)), progress=False)
+    ck = load_checkpoint(run / "last.pt")
+    assert ck.config["sam"]["mask"] == "norm" and ck.config["sam"]["m"] == 16
+    assert ck.step == 2 * (100 // 32)  # the short last batch is dropped under m-sharpness
+    assert set(ck.momentum()) == {n for n, _ in ck.model.named_parameters()}
+    with pytest.raises(ConfigError, match="must divide batch_size"):
+        _cfg(tmp_path, sam=SAMConfig(m=5))
+
+
+def test_msam_run_without_explicit_options(tmp_path):
+    run = train(_cfg(tmp_path, "msam", optimizer="msam", model_kwargs={"width": 8, "norm": "batch"}), progress=False)
+    ck = load_checkpoint(run / "last.pt")
+    assert ck.config["optimizer"] == "msam"
+    mom = ck.momentum()
+    assert all(torch.isfinite(v).all() for v in mom.values())
