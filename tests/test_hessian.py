@@ -169,7 +169,7 @@ def test_linearize_single_batch_and_float64_copy():
     x, y = data(24, (6,))
     x = x.float()
     res = hessian_spectrum(model, (x, y), top_k=3, tol=1e-8, batch_size=64, trace=False,
-                           density=False, dtype="float64")
+                           density=False, dtype="float64", hvp_method="linearize")
     assert res.attrs["hvp_method"] == "linearize"
     ref = copy.deepcopy(model).double()
     exact = torch.linalg.eigvalsh(dense_hessian(ref, x.double(), y)).flip(0)[:3]
@@ -252,3 +252,15 @@ def test_options_mirror_the_function_and_dataset_conventions(f64, tmp_path):
     res.to_netcdf(path, engine="h5netcdf")
     back = xr.load_dataset(path, engine="h5netcdf")
     xr.testing.assert_identical(back, res)
+
+
+def test_auto_hvp_method(f64):
+    model = tiny_mlp()
+    x, y = data(20, (6,))
+    long = hessian_spectrum(model, (x, y), top_k=2, trace=False, slq_runs=10, slq_steps=30, batch_size=32)
+    assert long.attrs["hvp_method"] == "linearize"  # one batch, >= 300 HVPs expected
+    short = hessian_spectrum(model, (x, y), top_k=2, trace=False, density=False, batch_size=32)
+    assert short.attrs["hvp_method"] == "double-backward"
+    np.testing.assert_allclose(long.eigenvalues.values, short.eigenvalues.values, rtol=1e-3)
+    batched = hessian_spectrum(model, (x, y), top_k=2, trace=False, slq_runs=10, slq_steps=30, batch_size=8)
+    assert batched.attrs["hvp_method"] == "double-backward"

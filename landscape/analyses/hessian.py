@@ -50,6 +50,9 @@ __all__ = ["HessianOptions", "hessian_spectrum"]
 
 PARTS = ("eigenvalues", "trace", "density")
 
+# hvp_method="auto" traces torch.func.linearize only when a run expects at least this many HVPs.
+LINEARIZE_MIN_HVPS = 300
+
 
 @dataclass(frozen=True)
 class HessianOptions(Options):
@@ -159,7 +162,8 @@ def hessian_spectrum(
             ``<= trace_rtol * |trace|``.
         density, slq_runs, slq_steps, grid_points, sigma: the SLQ density on ``grid_points``
             points; ``sigma`` ``None``: 1 % of the spread of the nodes.
-        hvp_method: "auto" (``linearize`` for a single in-memory batch, else "double-backward"),
+        hvp_method: "auto" (``linearize`` for a single in-memory batch when the run expects
+            >= 300 HVPs, i.e. with trace and density; else "double-backward"),
             "jvp" (forward-over-reverse), "linearize" or "double-backward" (reverse-over-reverse);
             see ``Objective.hvp_operator`` for measured speeds.
         seed: seeds the Lanczos start, the trace probes and the SLQ starts (independently).
@@ -196,10 +200,12 @@ def hessian_spectrum(
     loss0 = obj.check_finite()
     method = opts.hvp_method
     if method == "auto":
-        # Measured on CPU (see Objective.hvp_operator): linearize is fastest once traced, and
-        # one in-memory batch keeps its memory bounded; otherwise reverse-over-reverse, which
-        # beat forward-over-reverse ~2x, in constant memory.
-        method = "linearize" if obj.num_batches == 1 else "double-backward"
+        # Measured on CPU (see Objective.hvp_operator and bench/bench_hessian.py): linearize is
+        # the fastest per product once traced, but the trace costs tens to hundreds of products,
+        # so it pays only for long runs (trace + density) on one in-memory batch. Otherwise
+        # reverse-over-reverse, ~2x faster than forward-over-reverse, in constant memory.
+        expected = 3 * opts.top_k + 20 + opts.trace * opts.trace_samples + opts.density * opts.slq_runs * opts.slq_steps
+        method = "linearize" if obj.num_batches == 1 and expected >= LINEARIZE_MIN_HVPS else "double-backward"
     base = obj.hvp_operator(method=method)
     counts = dict.fromkeys(PARTS, 0)
     seconds = dict.fromkeys(PARTS, 0.0)
