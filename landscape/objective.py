@@ -165,7 +165,7 @@ class Objective:
         >>> obj.names, obj.numel
         (['1.weight', '1.bias'], 8)
         >>> g = obj.grad()
-        >>> torch.allclose(obj.hvp(g), obj.hvp(g, batch=None))
+        >>> torch.allclose(obj.hvp(g), obj.hvp(g, method="double-backward"))
         True
     """
 
