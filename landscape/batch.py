@@ -103,23 +103,29 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _error_record(task: Mapping[str, Any], exc: BaseException, t0: float, tb: str | None = None) -> dict[str, Any]:
-    rec = _record(task, "failed", t0)
+def _error_record(task: Mapping[str, Any], exc: BaseException, t0: float, tb: str | None = None,
+                  cpu0: float | None = None) -> dict[str, Any]:
+    rec = _record(task, "failed", t0, cpu0)
     rec["error"] = f"{type(exc).__name__}: {exc}".strip()
     rec["traceback"] = tb if tb is not None else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return rec
 
 
-def _record(task: Mapping[str, Any], status: str, t0: float, **extra: Any) -> dict[str, Any]:
-    return {
+def _record(task: Mapping[str, Any], status: str, t0: float, cpu0: float | None = None, **extra: Any) -> dict[str, Any]:
+    rec = {
         "checkpoint": task["checkpoint"],
         "analysis": task["analysis"],
         "run": task["run"],
         "result": task["result"],
         "status": status,
         "seconds": round(time.perf_counter() - t0, 3),
-        **extra,
     }
+    if cpu0 is not None:
+        # CPU time of the task's process (all its threads): far below `seconds` means the task
+        # waited for a CPU (an oversubscribed machine), not that it computed slowly.
+        rec["cpu_seconds"] = round(time.process_time() - cpu0, 3)
+    rec.update(extra)
+    return rec
 
 
 def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,7 +137,7 @@ def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
 
     from landscape.checkpoint import file_sha256, load_checkpoint
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     old_threads = torch.get_num_threads()
     try:
         threads = task.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
@@ -141,7 +147,7 @@ def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
         sha = file_sha256(task["checkpoint"])
         state = results.existing_result(path, sha)
         if task.get("skip_existing", True) and state == "current":
-            return _record(task, "skipped", t0, note="result exists")
+            return _record(task, "skipped", t0, cpu0, note="result exists")
         registry.ensure_registered(task["analysis"], task.get("entry"))
         analysis = registry.get_analysis(task["analysis"])
         options = analysis.options(task["options"])
@@ -178,9 +184,9 @@ def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
             },
         )
         note = "replaced a result of an older version of this checkpoint file" if state == "stale" else ""
-        return _record(task, "done", t0, step=int(ckpt.step), **({"note": note} if note else {}))
+        return _record(task, "done", t0, cpu0, step=int(ckpt.step), **({"note": note} if note else {}))
     except Exception as exc:  # noqa: BLE001 - the point: one failure must not stop the batch
-        return _error_record(task, exc, t0)
+        return _error_record(task, exc, t0, cpu0=cpu0)
     finally:
         torch.set_num_threads(old_threads)
 

@@ -23,6 +23,9 @@ from landscape.analyses.norm_params import norm_params
 from landscape.analyses.registry import (
     DataOptions,
     analysis_names,
+    ensure_registered,
+    entry_spec,
+    get_analysis,
     register_analysis,
     resolve_options,
     unregister_analysis,
@@ -544,6 +547,25 @@ def test_requeue_resubmits_the_same_task():
     delayed = RunTask().checkpoint(task)
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert isinstance(delayed.function, RunTask) and delayed.args == (task,)
+
+
+def test_worker_registry_follows_the_drivers_entry():
+    register_analysis("t_swap", norm_params, "landscape.analyses.norm_params:NormParamsOptions")
+    try:
+        spec = {"fn": "test_batch:loss_stats", "options_cls": "test_batch:LossStatsOptions",
+                "needs_data": True, "extra_inputs": None}
+        ensure_registered("t_swap", spec)  # the driver had re-registered it: the worker follows
+        assert get_analysis("t_swap").fn is loss_stats and entry_spec("t_swap") == spec
+        with pytest.raises(ConfigError, match="cannot be imported by name"):
+            ensure_registered("t_swap", {**spec, "fn": None})
+    finally:
+        unregister_analysis("t_swap")
+    register_analysis("t_lambda", lambda m, d: None, LossStatsOptions)
+    try:
+        assert entry_spec("t_lambda")["fn"] is None
+        ensure_registered("t_lambda", entry_spec("t_lambda"))  # same process: nothing to do
+    finally:
+        unregister_analysis("t_lambda")
 
 
 def test_summary_str():

@@ -136,7 +136,8 @@ def import_spec(obj: Any) -> str | None:
     if obj is None or isinstance(obj, str):
         return obj
     module, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not module or not qual or "<" in qual or module == "__main__":
+    # "__main__:fn" works in spawned local workers (they re-import the main script), not on Slurm.
+    if not module or not qual or "<" in qual:
         return None
     return f"{module}:{qual}"
 
@@ -221,17 +222,23 @@ def entry_spec(name: str) -> dict[str, Any]:
 
 
 def ensure_registered(name: str, spec: Mapping[str, Any] | None) -> None:
-    """Register ``name`` from :func:`entry_spec` output if this process does not know it."""
-    if name in _REGISTRY or not spec:
+    """Make this process' entry for ``name`` the one described by ``spec`` (:func:`entry_spec`).
+
+    A spawned worker or Slurm job knows only the built-in entries; an analysis registered (or
+    re-registered) by the user's script reaches it through ``spec``.
+    """
+    if not spec:
+        return
+    if name in _REGISTRY and entry_spec(name) == dict(spec):
         return
     if spec.get("fn") is None or spec.get("options_cls") is None:
         raise ConfigError(
             f"analysis {name!r} was registered with a function that cannot be imported by name "
-            "(a lambda or a local function) and this worker process does not know it; register "
-            "a module-level function"
+            "(a lambda, a local function or one defined in __main__), so a worker process cannot "
+            "run it; register a function defined at module level in an importable module"
         )
     register_analysis(name, spec["fn"], spec["options_cls"], needs_data=spec.get("needs_data", True),
-                      extra_inputs=spec.get("extra_inputs"))
+                      extra_inputs=spec.get("extra_inputs"), replace=True)
 
 
 def parse_analyses(analyses: str | Iterable[str]) -> list[str]:
