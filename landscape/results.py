@@ -332,7 +332,9 @@ def open_results(
         parts.append(cands[0])
         dropped.extend(str(d["checkpoint"].item()) for d in cands[1:])
     fill = {k: v for k, v in PER_FILE_ATTRS.items()}
-    combined = xr.combine_by_coords(parts, join="outer", fill_value=fill, combine_attrs="drop_conflicts")
+    # Explicit kwargs: the current defaults, which xarray warns it will change.
+    combined = xr.combine_by_coords(parts, join="outer", fill_value=fill, combine_attrs="drop_conflicts",
+                                    data_vars="all", coords="different", compat="no_conflicts")
     if dropped:
         combined.attrs["duplicates_dropped"] = dropped
     return combined

@@ -92,7 +92,7 @@ def test_top5_trace_density_match_dense_hessian(f64, make, shape):
     # Trace: a budget of 3P makes Hutch++'s sketch span the space, so it converges to exact.
     assert abs(float(res.trace) - float(torch.trace(H))) < 1e-8 * float(H.abs().sum())
     # SLQ: integrates to 1; per-run quadrature moments equal v^T H^p v / v^T v exactly.
-    dens, grid = res.density.values, res.grid.values
+    dens, grid = res.density.values, res.eigenvalue.values
     assert abs(np.trapezoid(dens, grid) - 1) < 1e-6
     nodes = np.nan_to_num(res.slq_nodes.values)
     w = res.slq_weights.values

@@ -80,24 +80,10 @@ def norms(study):
 
 @pytest.fixture(scope="module")
 def hess(study):
-    """The hessian results over (run, step).
+    """The hessian results over (run, step), as open_results combines them."""
+    from landscape.results import open_results
 
-    Each file has its own density grid as the index of dim ``grid``, which
-    ``xr.combine_by_coords`` (hence ``open_results``) cannot combine (see
-    ``test_cli_hessian_figures``); combined here with the grid as a non-index ``eigenvalue``
-    coordinate, the layout that does combine.
-    """
-    from landscape.results import PER_FILE_ATTRS, _provenance_to_coords, find_results, read_result
-
-    (files,) = find_results(study["results"], "hessian").values()
-    parts = []
-    for f in files:
-        ds = _provenance_to_coords(read_result(f))
-        parts.append(ds.drop_vars("grid").assign_coords(eigenvalue=("grid", ds.grid.values, ds.grid.attrs)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return xr.combine_by_coords(parts, join="outer", fill_value=dict(PER_FILE_ATTRS),
-                                    combine_attrs="drop_conflicts")
+    return open_results(study["results"], "hessian")
 
 
 def _lines(ax):
@@ -311,7 +297,7 @@ def test_spectral_density_of_one_file_and_direct_output(study):
     (files,) = find_results(study["results"], "hessian").values()
     one = read_result(files[0])
     (ln,) = _lines(plots.spectral_density(one).axes[0])
-    np.testing.assert_allclose(ln.get_xdata(), one.grid.values)
+    np.testing.assert_allclose(ln.get_xdata(), one.eigenvalue.values)
     assert ln.get_label() == str(one.run.item())
 
     torch.manual_seed(0)
@@ -599,11 +585,6 @@ def test_cli_errors(study, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["training_curves.pdf", "training_curves.png"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "hessian_spectrum stores each file's density grid as the index of dim 'grid', so files with "
-    "different grids cannot be combined by open_results (xarray: 'does not have monotonic global "
-    "indexes along dimension grid'); storing it as a non-index coordinate (e.g. 'eigenvalue' on "
-    "dim 'grid') fixes it - remove this marker then"))
 def test_cli_hessian_figures(study, tmp_path, capsys):
     from landscape.cli import main
 

@@ -266,7 +266,11 @@ def hessian_spectrum(
         grid = default_grid(nodes, s, points=opts.grid_points)
         dens = gaussian_density(nodes, weights, grid, s)
         seconds["density"] = time.perf_counter() - t0
-        coords["grid"] = ("grid", grid.numpy(), {"long_name": "eigenvalue", "units": "1"})
+        # A non-index coordinate: every checkpoint has its own grid, and an index would stop
+        # open_results from combining files over (run, step).
+        coords["eigenvalue"] = ("grid", grid.numpy(), {"long_name": "eigenvalue (density grid)", "units": "1"})
+        data_vars["density_sigma"] = ((), s, {
+            "long_name": "standard deviation of the Gaussian broadening of the SLQ density", "units": "1"})
         coords["run_slq"] = ("run_slq", np.arange(opts.slq_runs), {"long_name": "SLQ start vector", "units": "1"})
         coords["node"] = ("node", np.arange(nodes.shape[1]), {"long_name": "quadrature node index", "units": "1"})
         data_vars["density"] = ("grid", dens.numpy(), {
