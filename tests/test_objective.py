@@ -138,9 +138,12 @@ def test_hvp_methods_agree(f64):
     obj = Objective(model, (x, y), batch_size=5)
     v = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0))
     ref = obj.hvp(v)
-    for method in ("jvp", "linearize", "double-backward"):
-        torch.testing.assert_close(obj.hvp_operator(method=method)(v), ref, rtol=1e-10, atol=1e-12)
+    for method in ("jvp", "linearize", "double-backward", "retained-graph"):
+        op = obj.hvp_operator(method=method)
+        torch.testing.assert_close(op(v), ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op(2 * v), 2 * ref, rtol=1e-10, atol=1e-12)  # reusable
     torch.testing.assert_close(obj.hvp_operator(batch=0, method="linearize")(v), obj.hvp(v, batch=0))
+    torch.testing.assert_close(obj.hvp_operator(batch=0, method="retained-graph")(v), obj.hvp(v, batch=0))
     with pytest.raises(ValueError, match="accepted: jvp"):
         obj.hvp_operator(method="lanczos")
 
@@ -163,10 +166,12 @@ def test_unused_parameters_give_zeros(f64):
     n_used = 15
     assert torch.all(g[n_used:] == 0) and torch.all(hv[n_used:] == 0)
     assert g[:n_used].abs().sum() > 0 and hv[:n_used].abs().sum() > 0
-    for method in ("linearize", "double-backward"):
+    for method in ("linearize", "double-backward", "retained-graph"):
         torch.testing.assert_close(obj.hvp_operator(method=method)(v), hv)
     only_unused = Objective(model, (x, y), params="glob:unused.*")
     assert torch.all(only_unused.hvp(torch.ones(only_unused.numel)) == 0)
+    assert torch.all(only_unused.hvp_operator(method="retained-graph")(torch.ones(only_unused.numel)) == 0)
+    assert torch.all(only_unused.grad() == 0)
 
 
 def test_bn_train_mode_is_a_different_matrix_and_never_drifts(f64):
