@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -236,16 +237,34 @@ def _read(path: Path) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.?\s*Please use|\s*Check the documentation|$)", str(e), re.S)
-        msg = " ".join(found.group(1).split()) if found else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the file would need code execution to unpickle "
-            f"(weights_only=True rejected it: {msg}); only tensors and primitives are accepted"
-        ) from None
+        # torch wraps the reason in advice about weights_only=False; keep only the reason.
+        text = str(e).split("trusted source.", 1)[-1].split("Check the documentation", 1)[0]
+        text = text.split("WeightsUnpickler error:", 1)[-1].split("Please use `torch.serialization", 1)[0]
+        msg = " ".join(text.split()).rstrip(".") or type(e).__name__
+        if re.search(r"\bglobal\b", msg, re.I) or _imports_globals(path):
+            raise CheckpointError(
+                f"{path}: refused to load: the file would need code execution to unpickle "
+                f"(weights_only=True rejected it: {msg}); only tensors and primitives are accepted"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg}") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, io.UnsupportedOperation) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any other failure of the reader is still "unreadable"
         raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {e}") from None
+
+
+def _imports_globals(path: Path) -> bool:
+    """True when a raw (non-zip) pickle names globals, i.e. loading it would import and call code.
+
+    Read with ``pickletools.genops``, which parses opcodes without executing any.
+    """
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a parsable pickle: corrupt, not malicious
+        return False
 
 
 def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:

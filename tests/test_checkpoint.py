@@ -97,11 +97,11 @@ def test_strip_prefixes():
     assert list(strip_prefixes({"module.a": 1, "_orig_mod.module.b": 2, "c": 3})) == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, b"PK\x03\x04truncated"])
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, b"PK\x03\x04truncated", bytes(range(256)) * 3])
 def test_corrupt_files_raise_our_error(tmp_path, content):
     p = tmp_path / "bad.pt"
     p.write_bytes(content)
-    with pytest.raises(CheckpointError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
         load_checkpoint(p)
 
 
@@ -129,7 +129,7 @@ def test_malicious_pickle_refused_and_never_runs(tmp_path):
     ]:
         p = tmp_path / name
         writer(p)
-        with pytest.raises(CheckpointError, match="code execution|not a readable") as e:
+        with pytest.raises(CheckpointError, match="would need code execution") as e:
             load_checkpoint(p)
         assert name in str(e.value)
         assert not marker.exists()
