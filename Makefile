@@ -3,6 +3,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all bench lint clean venv

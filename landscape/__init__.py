@@ -29,8 +29,8 @@ _API: dict[str, str] = {
     "select": "landscape.params",
     "GroupError": "landscape.params",
     # training
-    "train": "landscape.train",
-    "TrainingError": "landscape.train",
+    "train": "landscape.trainer",
+    "TrainingError": "landscape.trainer",
     "SAM": "landscape.optim",
     "MSAM": "landscape.optim",
     "build_optimizer": "landscape.optim",
@@ -52,12 +52,16 @@ _API: dict[str, str] = {
     "apgd": "landscape.analyses.apgd",
     "norm_params": "landscape.analyses.norm_params",
     "NormParamsOptions": "landscape.analyses.norm_params",
+    "hutchpp": "landscape.analyses.trace",
+    "slq": "landscape.analyses.slq",
     "register_analysis": "landscape.analyses.registry",
+    "DataOptions": "landscape.analyses.registry",
     "analysis_names": "landscape.analyses.registry",
     # results and batch analysis
     "write_result": "landscape.results",
     "read_result": "landscape.results",
     "open_results": "landscape.results",
+    "find_results": "landscape.results",
     "analyze": "landscape.batch",
     "Summary": "landscape.batch",
 }

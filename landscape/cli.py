@@ -126,7 +126,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from landscape.train import train
+    from landscape.trainer import train
 
     cfg = train_config_from_args(args)
     run = train(cfg)
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from landscape.checkpoint import CheckpointError
-    from landscape.train import TrainingError
+    from landscape.trainer import TrainingError
 
     try:
         return int(args.func(args) or 0)

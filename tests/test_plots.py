@@ -42,7 +42,7 @@ def study(tmp_path_factory):
     """Two trained runs (2 epochs, a checkpoint each) and their analysed results folder."""
     from landscape.batch import analyze
     from landscape.config import TrainConfig
-    from landscape.train import train
+    from landscape.trainer import train
 
     root = tmp_path_factory.mktemp("study")
     ckpts = root / "checkpoints"

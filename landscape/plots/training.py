@@ -1,4 +1,4 @@
-"""Training curves from the ``run.json`` files the trainer writes (:func:`landscape.train.train`).
+"""Training curves from the ``run.json`` files the trainer writes (:func:`landscape.train`).
 
 ``run.json`` holds ``{"config": {...}, "history": [{"epoch", "step", "train_loss", "train_acc",
 "test_loss", "test_acc", "lr", "seconds"}, ...], "status": ...}``; :func:`history_dataset` turns

@@ -11,7 +11,7 @@ import torch
 from landscape.checkpoint import load_checkpoint
 from landscape.cli import main
 from landscape.config import ConfigError, TrainConfig
-from landscape.train import TrainingError, lr_factor, train
+from landscape.trainer import TrainingError, lr_factor, train
 
 
 def _cfg(tmp_path, name="run", **kw):
