@@ -29,20 +29,6 @@ def _kv(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _load_toml(path: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-
-
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model and write checkpoints",
                        description="Train with SGD/AdamW, a SAM variant (--sam) or MSAM (--optimizer msam).")
@@ -88,7 +74,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge a TOML config and command-line flags into a validated TrainConfig."""
-    d = _load_toml(args.config) if args.config else {}
+    from landscape.cli_analyze import read_toml
+
+    d = read_toml(args.config) if args.config else {}
     simple = ("dataset", "data_root", "augment", "model", "optimizer", "base_optimizer", "lr",
               "momentum", "nesterov", "weight_decay", "epochs", "batch_size", "warmup_epochs",
               "schedule", "label_smoothing", "seed", "out", "save_every", "device", "resume", "threads")

@@ -12,15 +12,6 @@ import torch
 from landscape.analyses.apgd import apgd, checkpoints, project
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add contention on a shared machine (restored after).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def quadratic(A, b):
     return lambda d: (0.5 * d @ A @ d + b @ d, A @ d + b)
 

@@ -13,15 +13,6 @@ from landscape.analyses.slq import default_grid, default_sigma, gaussian_density
 from landscape.analyses.trace import estimate_trace, hutchinson, hutchpp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: on a shared CPU, thread contention costs far more than threads save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sym(n, seed=0, eigs=None):
     """A dense symmetric matrix with given (or Gaussian) eigenvalues and a random basis."""
     g = torch.Generator().manual_seed(seed)

@@ -14,15 +14,6 @@ from landscape.objective import NonFiniteLossError, Objective
 from landscape.params import GroupError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: on a shared CPU, thread contention costs far more than threads save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
