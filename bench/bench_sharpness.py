@@ -5,9 +5,8 @@ timing does not depend on the pixel values):
 
 * ``fwd``: one forward pass of a batch of m examples (plain PyTorch, eval mode, no grad);
 * ``fwd+bwd``: one forward+backward of the same batch (plain PyTorch autograd) - the baseline;
-* ``objective fwd+bwd``: :meth:`Objective.loss_and_grad` of that batch (``torch.func.grad``;
-  sharpness() differentiates the same batch loss by plain autograd instead, see its
-  ``_loss_and_grad``);
+* ``objective fwd+bwd``: :meth:`Objective.loss_and_grad` of that batch (functional_call and
+  plain reverse mode on a leaf copy of theta; what sharpness() calls per step);
 * ``apgd step``: wall time of a ``steps``-step Auto-PGD run on that batch divided by its number
   of loss/gradient calls (target: <= 1.2 x the baseline);
 * ``reference-style step``: the protocol of the reference code (REFERENCES.md "Sharpness"):
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from landscape.analyses.apgd import apgd
-from landscape.analyses.sharpness import _loss_and_grad, sharpness
+from landscape.analyses.sharpness import sharpness
 from landscape.data import get_dataset
 from landscape.models import build_model
 from landscape.objective import Objective
@@ -89,7 +88,7 @@ def main(argv=None) -> dict:
 
     def run_apgd():
         # exactly the per-step call sharpness() makes (plain autograd through the objective)
-        return apgd(lambda d: _loss_and_grad(obj, theta0 + d, 0), T, rho=args.rho, norm="linf", steps=args.steps)
+        return apgd(lambda d: obj.loss_and_grad(theta0 + d, 0), T, rho=args.rho, norm="linf", steps=args.steps)
 
     deltas = [torch.zeros_like(p) for p in params]
 
@@ -170,7 +169,7 @@ def main(argv=None) -> dict:
     rows = [
         ("forward (m examples)", out["fwd_s"], out["fwd_s"] / t_fb),
         ("forward+backward (autograd, baseline)", t_fb, 1.0),
-        ("Objective.loss_and_grad (torch.func)", t_obj, t_obj / t_fb),
+        ("Objective.loss_and_grad (functional_call + autograd)", t_obj, t_obj / t_fb),
         (f"APGD step ({args.steps}-step run / calls)", t_step, t_step / t_fb),
         ("reference-style step (fwd+bwd + extra fwd)", t_ref, t_ref / t_fb),
     ]

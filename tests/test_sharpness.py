@@ -398,19 +398,3 @@ def test_float32_model_in_float64_objective_keeps_the_model_float32():
     assert json.loads(res.attrs["config_json"])["dtype"] == "float64"
     assert_unchanged(model, snap)
     assert next(model.parameters()).dtype == torch.float32
-
-
-def test_autograd_step_equals_objective_loss_and_grad(f64):
-    # sharpness differentiates the objective's batch loss by plain autograd (faster on CPU than
-    # torch.func); it must be the same function and gradient as Objective.loss_and_grad.
-    from landscape.analyses.sharpness import _loss_and_grad
-    from landscape.objective import Objective
-
-    obj = Objective(bn_mlp(), tiny_data(), batch_size=32, logit_normalize=True)
-    theta = obj.theta0 + 0.01 * torch.randn(obj.numel, generator=torch.Generator().manual_seed(0))
-    for b in range(2):
-        l1, g1 = _loss_and_grad(obj, theta, b)
-        l2, g2 = obj.loss_and_grad(theta, b)
-        assert float(l1) == pytest.approx(float(l2), rel=1e-14)
-        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-14)
-

@@ -233,23 +233,6 @@ def _ce_and_error(obj: Objective, theta: torch.Tensor, b: int) -> tuple[torch.Te
     return F.cross_entropy(z, y).to(torch.float64), (z.argmax(-1) != y).double().mean()
 
 
-def _loss_and_grad(obj: Objective, theta: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss (float64) and gradient of batch ``b``: one forward+backward, counted as a "grad" call.
-
-    The same function as :meth:`Objective.loss_and_grad` (``batch=b``), differentiated by plain
-    reverse-mode autograd on a leaf copy of ``theta`` instead of ``torch.func.grad``: on CPU the
-    ``torch.func`` transform was measured 35-40% slower per step on a CIFAR ResNet-20 (torch
-    2.13: ``aten::convolution_backward`` takes ~1.7x longer under the transform), which alone
-    would break the 1.2x step-cost target.
-    """
-    t = theta.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = obj.batch_loss_fn(b)(t)
-        (g,) = torch.autograd.grad(loss, t)
-    obj.calls["grad"] += 1
-    return loss.detach().to(torch.float64), g
-
-
 def _calls(obj: Objective) -> tuple[int, int]:
     return obj.calls["grad"], obj.calls["loss"] + obj.calls["logits"]
 
@@ -283,7 +266,7 @@ def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
                 l0, e0 = _ce_and_error(obj, theta0, b)
                 g0 = None
             else:
-                l0, g0 = _loss_and_grad(obj, theta0, b)
+                l0, g0 = obj.loss_and_grad(theta0, b)
                 e0 = obj.error(theta0, b)
             loss_clean[b], err_clean[b] = float(l0), float(e0)
             c1 = _calls(obj)
@@ -298,7 +281,7 @@ def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
                 c0 = _calls(obj)
                 if opts.kind == "worst":
                     res = apgd(
-                        lambda d, b=b: _loss_and_grad(obj, theta0 + d, b), T, rho=rho, norm=pnorm,
+                        lambda d, b=b: obj.loss_and_grad(theta0 + d, b), T, rho=rho, norm=pnorm,
                         steps=opts.steps, restarts=opts.restarts, generator=gen, init=(l0, g0),
                     )
                     lp = res.value
