@@ -338,7 +338,8 @@ def _variables(out: Path) -> dict[str, dict[str, np.ndarray]]:
     return got
 
 
-@pytest.mark.slow  # ~15 s: every submitit job is a fresh Python process importing torch
+# ~15 s (every submitit job is a fresh Python process importing torch), kept in `make test`:
+# it is the check that executors give bitwise-equal files.
 def test_process_pool_and_submitit_local_are_bitwise_equal(tmp_path, ckpts, monkeypatch):
     submitit = pytest.importorskip("submitit")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
@@ -378,6 +379,19 @@ def test_any_submit_result_executor(tmp_path, ckpts):
     for f in a:
         for k in a[f]:
             assert a[f][k].tobytes() == b[f][k].tobytes() == c[f][k].tobytes()
+
+
+def test_dask_distributed_client(tmp_path, ckpts):
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        s = analyze(ckpts / "sgd", "t_loss_stats", out=tmp_path / "d", executor=client, progress=False)
+    assert len(s.done) == 3 and not s.failed
+    analyze(ckpts / "sgd", "t_loss_stats", out=tmp_path / "c", progress=False)
+    d, c = _variables(tmp_path / "d"), _variables(tmp_path / "c")
+    assert d.keys() == c.keys()
+    for f in d:
+        for k in d[f]:
+            assert d[f][k].tobytes() == c[f][k].tobytes()
 
 
 def test_threads_set_per_task_and_restored(tmp_path, ckpts):
