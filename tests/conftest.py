@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# CI (CI=true) replays the same examples every run; locally hypothesis explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Tests use tiny models, for which extra threads cost more than they give (and CI has 2 cores).
 torch.set_num_threads(1)

@@ -117,8 +117,10 @@ def project(u: torch.Tensor, rho: float, norm: Norm) -> torch.Tensor:
     """Exact Euclidean projection onto ``{||u||_p <= rho}`` (O(P))."""
     if norm == "linf":
         return u.clamp(-rho, rho)
-    # rho / 0 = inf clamps to 1, so the origin maps to itself without a branch (no host sync).
-    return u * (rho / torch.linalg.vector_norm(u)).clamp(max=1.0)
+    # A point inside the ball is returned unchanged (rho/||u|| can round just below 1 on the
+    # boundary, found by a property test); torch.where keeps this free of host syncs.
+    n = torch.linalg.vector_norm(u)
+    return u * torch.where(n > rho, rho / n, torch.ones_like(n))
 
 
 def ascent_direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
