@@ -142,7 +142,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="landscape", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="landscape",
+        description="Train with SGD, the SAM family or MSAM; analyse checkpoint folders (Hessian spectra, "
+        "m-sharpness, gamma/beta); plot the results.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
