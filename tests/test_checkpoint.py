@@ -155,3 +155,24 @@ def test_find_checkpoints_skips_duplicate_last(tmp_path):
 def test_atomic_save_leaves_no_temp(tmp_path):
     save_checkpoint(tmp_path / "x.pt", _model())
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_cuda_saved_file_loads_on_cpu(tmp_path):
+    # A file written on a GPU machine records 'cuda:0' storage locations; plain torch.load fails
+    # without CUDA, load_checkpoint maps them to the CPU.
+    from unittest import mock
+
+    import torch.serialization as ts
+
+    m = _model()
+    m.eval()
+    with mock.patch.object(ts, "location_tag", lambda storage: "cuda:0"):
+        torch.save({"module." + k: v for k, v in m.state_dict().items()}, tmp_path / "gpu.pth")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "gpu.pth", weights_only=True)
+    spec = {"name": "resnet1d", "kwargs": {"input_shape": [40], "num_classes": 10, "width": 4}}
+    ck = load_checkpoint(tmp_path / "gpu.pth", model=spec)
+    assert all(p.device.type == "cpu" for p in ck.model.parameters())
+    x = torch.randn(2, 40)
+    torch.testing.assert_close(ck.model(x), m(x))
