@@ -114,8 +114,6 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         >>> sorted(p.name for p in run.iterdir())
         ['epoch_0001.pt', 'epoch_0002.pt', 'last.pt', 'run.json']
     """
-    from landscape.optim import build_optimizer, train_step
-
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +123,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             f"{out} already holds a run (last.pt); pass resume=True (--resume) to continue it or "
             "choose another --out; nothing was overwritten"
         )
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out, last, device, progress)
+    finally:
+        torch.set_num_threads(threads_before)  # the caller's setting, also after errors
+
+
+def _train(cfg: TrainConfig, out: Path, last: Path, device: torch.device, progress: bool) -> Path:
+    from landscape.optim import build_optimizer, train_step
 
     train_ds = get_dataset(cfg.dataset, "train", root=cfg.data_root, augment=cfg.augment, **cfg.dataset_kwargs)
     test_ds = get_dataset(cfg.dataset, "test", root=cfg.data_root, **cfg.dataset_kwargs)

@@ -187,3 +187,12 @@ def test_msam_run_without_explicit_options(tmp_path):
     assert ck.config["optimizer"] == "msam"
     mom = ck.momentum()
     assert all(torch.isfinite(v).all() for v in mom.values())
+
+
+def test_nesterov_and_threads_options_take_effect(tmp_path):
+    before = torch.get_num_threads()
+    plain = load_checkpoint(train(_cfg(tmp_path, "plain"), progress=False) / "last.pt")
+    nest = load_checkpoint(train(_cfg(tmp_path, "nest", nesterov=True, threads=before + 1), progress=False) / "last.pt")
+    assert nest.optimizer_state["param_groups"][0]["nesterov"] is True
+    assert not _states_equal(plain, nest)
+    assert torch.get_num_threads() == before  # restored for the caller
