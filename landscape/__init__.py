@@ -50,6 +50,8 @@ _API: dict[str, str] = {
     "sharpness": "landscape.analyses.sharpness",
     "SharpnessOptions": "landscape.analyses.sharpness",
     "apgd": "landscape.analyses.apgd",
+    "momentum_curvature": "landscape.analyses.momentum",
+    "MomentumOptions": "landscape.analyses.momentum",
     "norm_params": "landscape.analyses.norm_params",
     "NormParamsOptions": "landscape.analyses.norm_params",
     "hutchpp": "landscape.analyses.trace",

@@ -306,6 +306,11 @@ register_analysis(
     description="adaptive worst-case / average m-sharpness (SAM-ON Eq. 6, Appendix B.10)",
 )
 register_analysis(
+    "momentum", "landscape.analyses.momentum:momentum_curvature", "landscape.analyses.momentum:MomentumOptions",
+    extra_inputs="landscape.analyses.momentum:momentum_from_checkpoint",
+    description="curvature and slope along the momentum, gradient and random directions (MSAM A.4)",
+)
+register_analysis(
     "norm_params", "landscape.analyses.norm_params:norm_params", "landscape.analyses.norm_params:NormParamsOptions",
     needs_data=False,
     description="per-layer statistics and histograms of normalization gamma/beta",

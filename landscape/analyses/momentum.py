@@ -1,0 +1,147 @@
+"""Curvature along the momentum direction (MSAM Appendix A.4) and along comparison directions.
+
+For a unit direction ``u`` over a parameter group, the curvature is ``u^T H u`` (one
+Hessian-vector product, exact; finite differences do not settle on ReLU nets, see
+REFERENCES.md "MSAM") and the slope is ``g^T u``. MSAM Appendix A.4 compares the momentum
+direction ``v/||v||`` (the optimizer's momentum buffer, or AdamW's ``exp_avg``) with the gradient
+direction and random directions, and Section 2.4 argues that the momentum direction has a
+*negative* slope at the next iterate and high curvature. Section 4.1/Fig. 2C uses the cosine
+between gradient and momentum.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from landscape.config import Options, check
+from landscape.objective import Objective
+
+
+@dataclass(frozen=True)
+class MomentumOptions(Options):
+    """Options of :func:`momentum_curvature` (the momentum itself comes from the checkpoint)."""
+
+    random_directions: int = 5
+    params: str = "all"
+    batch_size: int = 256
+    max_samples: int | None = None
+    bn_mode: Literal["eval", "train"] = "eval"
+    seed: int = 0
+    dtype: Literal["float32", "float64"] | None = None
+
+    def validate(self) -> None:
+        check(self.random_directions >= 0, f"MomentumOptions.random_directions must be >= 0, got {self.random_directions}")
+        check(self.batch_size >= 1, f"MomentumOptions.batch_size must be >= 1, got {self.batch_size}")
+        check(self.max_samples is None or self.max_samples >= 1,
+              f"MomentumOptions.max_samples must be None or >= 1, got {self.max_samples}")
+
+
+def momentum_curvature(
+    model: nn.Module,
+    data,
+    momentum: dict[str, torch.Tensor],
+    *,
+    random_directions: int = 5,
+    params: str = "all",
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    bn_mode: str = "eval",
+    seed: int = 0,
+    dtype: str | None = None,
+) -> xr.Dataset:
+    """Curvature ``u^T H u`` and slope ``g^T u`` along momentum, gradient and random directions.
+
+    Args:
+        model: the network (not modified).
+        data: training data (``ArrayDataset``, ``(x, y)`` or batches); the first ``max_samples``.
+        momentum: momentum buffers by parameter name (``Checkpoint.momentum()``); parameters of
+            the group without a buffer count as zero.
+        random_directions: number of Gaussian directions (seeded), MSAM A.4's "random".
+        params: parameter group (``"all"``, ``"norm"``, ...; :mod:`landscape.params`).
+        batch_size, max_samples, bn_mode, dtype: as in :class:`landscape.Objective`.
+        seed: seeds the random directions.
+
+    Returns:
+        Dataset over ``direction`` (``momentum``, ``gradient``, ``random_0``...) with ``curvature``,
+        ``slope`` and ``direction_norm`` (norm before normalizing), plus scalars ``cosine``
+        (gradient vs momentum), ``loss`` and ``hvps``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+        >>> mom = {n: torch.randn_like(p) for n, p in m.named_parameters()}
+        >>> ds = momentum_curvature(m, (x, y), mom, random_directions=2)
+        >>> ds.direction.values.tolist()
+        ['momentum', 'gradient', 'random_0', 'random_1']
+    """
+    opts = MomentumOptions(random_directions=random_directions, params=params, batch_size=batch_size,
+                           max_samples=max_samples, bn_mode=bn_mode, seed=seed, dtype=dtype)
+    obj = Objective(model, data, batch_size=batch_size, max_samples=max_samples, params=params,
+                    bn_mode=bn_mode, dtype=dtype)
+    loss0 = obj.check_finite()
+    missing = [n for n in obj.names if n not in momentum]
+    if len(missing) == len(obj.names):
+        raise ValueError(
+            f"momentum_curvature: the momentum buffers cover none of the {len(obj.names)} parameters of "
+            f"group {params!r} (e.g. {obj.names[0]!r}); pass Checkpoint.momentum() of the same model"
+        )
+    for n, s in zip(obj.names, obj.shapes):
+        if n in momentum and tuple(momentum[n].shape) != tuple(s):
+            raise ValueError(f"momentum_curvature: buffer {n!r} has shape {tuple(momentum[n].shape)}, "
+                             f"the parameter {tuple(s)}")
+    theta = obj.theta0
+    v = torch.cat([
+        (momentum[n].to(device=theta.device, dtype=theta.dtype).reshape(-1) if n in momentum
+         else torch.zeros(s.numel(), device=theta.device, dtype=theta.dtype))
+        for n, s in zip(obj.names, obj.shapes)
+    ])
+    _, g = obj.loss_and_grad(theta)
+    gen = torch.Generator().manual_seed(int(seed))
+    dirs = {"momentum": v, "gradient": g}
+    for i in range(random_directions):
+        dirs[f"random_{i}"] = torch.randn(obj.numel, generator=gen, dtype=torch.float64).to(theta)
+    hvp = obj.hvp_operator(theta, method="retained-graph" if obj.num_batches == 1 else "double-backward")
+    names, curv, slope, norms = [], [], [], []
+    for name, d in dirs.items():
+        nrm = float(torch.linalg.vector_norm(d.double()))
+        names.append(name)
+        norms.append(nrm)
+        if nrm == 0.0:  # e.g. a fresh optimizer: no direction to measure
+            curv.append(np.nan)
+            slope.append(np.nan)
+            continue
+        u = d / nrm
+        curv.append(float(torch.dot(u.double(), hvp(u).double())))
+        slope.append(float(torch.dot(g.double(), u.double())))
+    gn, vn = float(torch.linalg.vector_norm(g.double())), float(torch.linalg.vector_norm(v.double()))
+    cosine = float(torch.dot(g.double(), v.double()) / (gn * vn)) if gn > 0 and vn > 0 else float("nan")
+    return xr.Dataset(
+        {
+            "curvature": ("direction", np.asarray(curv), {
+                "long_name": "curvature u^T H u along the unit direction (MSAM Appendix A.4)", "units": "1"}),
+            "slope": ("direction", np.asarray(slope), {
+                "long_name": "directional derivative g^T u of the loss", "units": "1"}),
+            "direction_norm": ("direction", np.asarray(norms), {
+                "long_name": "norm of the direction before normalization", "units": "1"}),
+            "cosine": ((), cosine, {"long_name": "cosine between gradient and momentum", "units": "1"}),
+            "loss": ((), loss0, {"long_name": "mean loss at the checkpoint", "units": "1"}),
+            "hvps": ((), int(obj.calls["hvp"]), {"long_name": "Hessian-vector products (full data)", "units": "1"}),
+        },
+        coords={"direction": ("direction", names, {"long_name": "direction", "units": "1"})},
+        attrs={"config_json": opts.to_json(), "num_parameters": int(obj.numel), "num_samples": int(obj.num_samples),
+               "missing_momentum": json.dumps(missing)},
+    )
+
+
+def momentum_from_checkpoint(checkpoint) -> dict[str, dict[str, torch.Tensor]]:
+    """Registry hook: the checkpoint's momentum buffers as the ``momentum`` argument."""
+    return {"momentum": checkpoint.momentum()}
