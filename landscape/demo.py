@@ -2,7 +2,8 @@
 
 Trains SGD, SAM, SAM-ON and MSAM (the three papers' optimizers) on MNIST-1D, analyses the
 checkpoints (Hessian spectrum, adaptive worst-case l-inf m-sharpness with logit normalization as
-in SAM-ON Appendix B.10, gamma/beta distributions), draws the figures and prints one table.
+in SAM-ON Appendix B.10, curvature along the momentum direction as in MSAM Appendix A.4,
+gamma/beta distributions), draws the figures and prints one table.
 Everything is resumable: running it again reuses finished runs and results.
 """
 
@@ -50,6 +51,7 @@ def demo_analysis_options(quick: bool = False) -> dict:
         "sharpness": {"kind": "worst", "norm": "linf", "adaptive": True, "logit_normalize": True,
                       "rho": [0.001, 0.002, 0.004] if not quick else [0.002], "m": 128, "n": n,
                       "steps": 20 if not quick else 5},
+        "momentum": {"random_directions": 3, "batch_size": n},
     }
 
 
@@ -70,7 +72,7 @@ def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = F
     t_train = time.monotonic() - t0
 
     # The final checkpoint of each run (save_every = epochs), one task per core.
-    summary = analyze(out / "checkpoints", ["hessian", "sharpness", "norm_params"],
+    summary = analyze(out / "checkpoints", ["hessian", "sharpness", "momentum", "norm_params"],
                       options=demo_analysis_options(quick), out=out / "results",
                       workers=None if quick else min(2, os.cpu_count() or 1))
     if summary.failed:
@@ -83,24 +85,28 @@ def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = F
     table = {}
     hess = open_results(out / "results", "hessian")
     sharp = open_results(out / "results", "sharpness")
+    mom = open_results(out / "results", "momentum")
     for name, run in runs.items():
         h = json.loads((run / "run.json").read_text())["history"][-1]
         hs = hess.sel(run=name).isel(step=-1)
         sh = sharp.sel(run=name).isel(step=-1)
+        mo = mom.sel(run=name).isel(step=-1)
         table[name] = {
             "test_acc": h["test_acc"],
             "train_loss": h["train_loss"],
             "lambda_max": float(hs["eigenvalues"].isel(k=0)),
             "trace": float(hs["trace"]),
             "sharpness": float(sh["sharpness_mean"].isel(rho=-1)),
+            "curv_momentum": float(mo["curvature"].sel(direction="momentum")),
+            "curv_random": float(mo["curvature"].sel(direction=[d for d in mo.direction.values if d.startswith("random")]).mean()),
         }
     rho = float(sharp["rho"][-1])
     print(f"\nlandscape demo: MNIST-1D, resnet1d, {len(runs)} optimizers "
           f"(train {t_train:.0f} s, analyse {t_analyze:.0f} s, total {time.monotonic() - t0:.0f} s)")
     print(f"{'run':8s} {'test acc':>9s} {'train loss':>11s} {'lambda_max':>11s} {'trace':>10s} "
-          f"{'sharp@' + format(rho, 'g'):>12s}")
+          f"{'sharp@' + format(rho, 'g'):>12s} {'curv(mom)':>10s} {'curv(rand)':>11s}")
     for name, row in table.items():
         print(f"{name:8s} {row['test_acc']:9.4f} {row['train_loss']:11.4f} {row['lambda_max']:11.3f} "
-              f"{row['trace']:10.2f} {row['sharpness']:12.4f}")
+              f"{row['trace']:10.2f} {row['sharpness']:12.4f} {row['curv_momentum']:10.3f} {row['curv_random']:11.4f}")
     print(f"\ncheckpoints: {out / 'checkpoints'}   results: {out / 'results'}   figures: {out / 'figures'}")
     return table
