@@ -196,12 +196,7 @@ def hessian_spectrum(
             f"({P} parameters); use top_k <= {P}"
         )
     loss0 = obj.check_finite()
-    method = opts.hvp_method
-    if method == "auto":
-        # Measured on CPU (bench/bench_hessian.py): a kept gradient graph costs one backward per
-        # product (PyHessian's 107 ms vs 162 ms recomputed, 17.5k-parameter ResNet), as fast as
-        # linearize without its 7-8 s trace; its memory is one batch's graph, so only then.
-        method = "retained-graph" if obj.num_batches == 1 else "double-backward"
+    method = obj.resolve_hvp_method(opts.hvp_method)
     base = obj.hvp_operator(method=method)
     counts = dict.fromkeys(PARTS, 0)
     seconds = dict.fromkeys(PARTS, 0.0)

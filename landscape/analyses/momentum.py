@@ -94,22 +94,18 @@ def momentum_curvature(
             f"momentum_curvature: the momentum buffers cover none of the {len(obj.names)} parameters of "
             f"group {params!r} (e.g. {obj.names[0]!r}); pass Checkpoint.momentum() of the same model"
         )
-    for n, s in zip(obj.names, obj.shapes):
-        if n in momentum and tuple(momentum[n].shape) != tuple(s):
-            raise ValueError(f"momentum_curvature: buffer {n!r} has shape {tuple(momentum[n].shape)}, "
-                             f"the parameter {tuple(s)}")
     theta = obj.theta0
-    v = torch.cat([
-        (momentum[n].to(device=theta.device, dtype=theta.dtype).reshape(-1) if n in momentum
-         else torch.zeros(s.numel(), device=theta.device, dtype=theta.dtype))
+    # flatten checks every buffer's shape against its parameter
+    v = obj.flatten({
+        n: momentum[n].to(device=theta.device, dtype=theta.dtype) if n in momentum else torch.zeros(s, dtype=theta.dtype, device=theta.device)
         for n, s in zip(obj.names, obj.shapes)
-    ])
+    })
     _, g = obj.loss_and_grad(theta)
     gen = torch.Generator().manual_seed(int(seed))
     dirs = {"momentum": v, "gradient": g}
     for i in range(random_directions):
         dirs[f"random_{i}"] = torch.randn(obj.numel, generator=gen, dtype=torch.float64).to(theta)
-    hvp = obj.hvp_operator(theta, method="retained-graph" if obj.num_batches == 1 else "double-backward")
+    hvp = obj.hvp_operator(theta, method="auto")
     names, curv, slope, norms = [], [], [], []
     for name, d in dirs.items():
         nrm = float(torch.linalg.vector_norm(d.double()))
