@@ -118,7 +118,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = train_config_from_args(args)
     run = train(cfg)
-    hist = json.loads((run / "run.json").read_text())["history"]
+    from landscape.results import read_json
+
+    hist = read_json(run / "run.json")["history"]
     if hist:
         h = hist[-1]
         print(f"{run}: epoch {h['epoch']} train acc {h['train_acc']:.4f} test acc {h['test_acc']:.4f} "

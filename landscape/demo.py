@@ -9,7 +9,6 @@ Everything is resumable: running it again reuses finished runs and results.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -59,7 +58,7 @@ def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = F
     """Train, analyse, plot; print a summary table and return it as a dict."""
     from landscape.batch import analyze
     from landscape.cli import main as cli_main
-    from landscape.results import open_results
+    from landscape.results import open_results, read_json
     from landscape.trainer import train
 
     out = Path(out)
@@ -87,7 +86,7 @@ def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = F
     sharp = open_results(out / "results", "sharpness")
     mom = open_results(out / "results", "momentum")
     for name, run in runs.items():
-        h = json.loads((run / "run.json").read_text())["history"][-1]
+        h = read_json(run / "run.json")["history"][-1]
         hs = hess.sel(run=name).isel(step=-1)
         sh = sharp.sel(run=name).isel(step=-1)
         mo = mom.sel(run=name).isel(step=-1)

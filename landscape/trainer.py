@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +25,7 @@ from landscape.config import ConfigError, MSAMConfig, TrainConfig
 from landscape.data import ArrayDataset, get_dataset
 from landscape.models import build_model
 from landscape.progress import Progress
+from landscape.results import read_json, write_json
 
 log = logging.getLogger("landscape")
 
@@ -77,12 +77,6 @@ def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int, device: torc
 
 def _config_for_compare(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in RESUME_FREE_KEYS}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -138,7 +132,7 @@ def _train(cfg: TrainConfig, out: Path, last: Path, device: torch.device, progre
     train_ds = get_dataset(cfg.dataset, "train", root=cfg.data_root, augment=cfg.augment, **cfg.dataset_kwargs)
     test_ds = get_dataset(cfg.dataset, "test", root=cfg.data_root, **cfg.dataset_kwargs)
     model_kwargs = {"input_shape": list(train_ds.input_shape), "num_classes": train_ds.num_classes, **cfg.model_kwargs}
-    cfg_dict = asdict(cfg)
+    cfg_dict = _plain_json(asdict(cfg))  # as stored in checkpoints and run.json (tuples -> lists)
 
     # Training uses torch's global RNG (init, dropout); fork it so the caller's state is untouched.
     devices = [device] if device.type == "cuda" else []
@@ -163,10 +157,10 @@ def _resume(last, cfg_dict, model, optimizer, gen, device, out):
         ckpt = load_checkpoint(last, model=model)
     except CheckpointError as e:
         raise TrainingError(f"cannot resume: {e}") from None
-    if _config_for_compare(ckpt.config) != _config_for_compare(_plain_json(cfg_dict)):
+    if _config_for_compare(ckpt.config) != _config_for_compare(cfg_dict):
         diff = sorted(
             k for k in set(ckpt.config) | set(cfg_dict)
-            if k not in RESUME_FREE_KEYS and ckpt.config.get(k) != _plain_json(cfg_dict).get(k)
+            if k not in RESUME_FREE_KEYS and ckpt.config.get(k) != cfg_dict.get(k)
         )
         raise TrainingError(
             f"cannot resume {last}: its config differs in {', '.join(diff)}; use another --out "
@@ -177,7 +171,7 @@ def _resume(last, cfg_dict, model, optimizer, gen, device, out):
     base.load_state_dict(ckpt.optimizer_state)
     _set_rng_state(ckpt.raw["rng"], gen, device)
     run_json = out / "run.json"
-    history = json.loads(run_json.read_text())["history"] if run_json.exists() else []
+    history = read_json(run_json)["history"] if run_json.exists() else []
     history = [h for h in history if h["epoch"] <= ckpt.epoch]
     log.info("%s: resuming at epoch %d (step %d)", out, ckpt.epoch, ckpt.step)
     return ckpt.epoch, ckpt.step, history
@@ -199,8 +193,11 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
     msam = cfg.msam or MSAMConfig()
     loss_fn = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)  # noqa: E731
     opt_spec = {"name": cfg.optimizer if cfg.sam is None else "sam", "kwargs": {"sam": cfg_dict["sam"], "msam": cfg_dict["msam"]}}
-    status = {"status": "running"}
-    _write_json(out / "run.json", {"config": _plain_json(cfg_dict), "history": history, **status})
+
+    def write_run(status: str, **extra: Any) -> None:
+        write_json(out / "run.json", {"config": cfg_dict, "history": history, "status": status, **extra})
+
+    write_run("running")
     bar = Progress((cfg.epochs - start_epoch) * steps_per_epoch, f"train {out.name}", enabled=progress)
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -216,16 +213,17 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
                 loss, logits = train_step(model, optimizer, x, y, loss_fn)
-                if not torch.isfinite(loss):
+                loss_value = loss.item()  # the one host sync per step: divergence check and progress
+                if not math.isfinite(loss_value):
                     raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training "
+                        f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; training "
                         f"stopped. The last good checkpoint is {out / 'last.pt'} (if any epoch "
                         "finished). Lower the learning rate or rho."
                     )
                 loss_sum += loss.double() * y.shape[0]
                 correct += (logits.argmax(1) == y).sum()
                 step += 1
-                bar.update(postfix=f"epoch {epoch + 1} loss {loss.item():.3f}")
+                bar.update(postfix=f"epoch {epoch + 1} loss {loss_value:.3f}")
             if cfg.optimizer == "msam" and msam.recalibrate_bn:
                 # BatchNorm statistics accumulated at shifted weights (MSAM Section 2.4);
                 # re-estimate them at the weights that are evaluated and saved.
@@ -245,20 +243,19 @@ def _loop(cfg, cfg_dict, model, optimizer, train_step, train_ds, test_ds, gen, d
             ckpt_metrics = {k: v for k, v in metrics.items() if k not in ("epoch", "step")}
             rng = _rng_state(gen, device)
             save = dict(optimizer=optimizer, step=step, epoch=epoch + 1, metrics=ckpt_metrics,
-                        config=_plain_json(cfg_dict), optimizer_spec=_plain_json(opt_spec), rng=rng)
+                        config=cfg_dict, optimizer_spec=opt_spec, rng=rng)
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
                 save_checkpoint(out / f"epoch_{epoch + 1:04d}.pt", model, **save)
             save_checkpoint(out / "last.pt", model, **save)
-            _write_json(out / "run.json", {"config": _plain_json(cfg_dict), "history": history, **status})
+            write_run("running")
             log.info("%s epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f",
                      out.name, epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"],
                      metrics["test_loss"], metrics["test_acc"])
     except TrainingError as e:
-        _write_json(out / "run.json", {"config": _plain_json(cfg_dict), "history": history,
-                                       "status": "diverged", "error": str(e)})
+        write_run("diverged", error=str(e))
         raise
     finally:
         bar.close()
-    _write_json(out / "run.json", {"config": _plain_json(cfg_dict), "history": history, "status": "done"})
+    write_run("done")
     return out
 
