@@ -181,9 +181,6 @@ class Checkpoint:
         """Run name: the folder the checkpoint lies in."""
         return self.path.resolve().parent.name
 
-    def sha256(self) -> str:
-        return file_sha256(self.path)
-
     def momentum(self) -> dict[str, torch.Tensor]:
         """Momentum buffers keyed by parameter name (SGD ``momentum_buffer``; AdamW ``exp_avg``).
 

@@ -131,7 +131,6 @@ def lanczos_tridiagonal(
     *,
     restart_generator: torch.Generator | None = None,
     stop: Callable[[_Tridiagonal], bool] | None = None,
-    keep_basis: bool = True,
 ) -> tuple[_Tridiagonal, _Basis]:
     """Run up to ``max_steps`` Lanczos steps from ``v0`` with full reorthogonalization.
 
@@ -142,8 +141,6 @@ def lanczos_tridiagonal(
         restart_generator: on breakdown, continue from a random vector orthogonal to the basis
             (eigenvalue problems); ``None``: stop at breakdown (quadrature, where it is exact).
         stop: called after each step with the tridiagonal so far; ``True`` stops.
-        keep_basis: the basis is always stored (full reorthogonalization needs it); this flag
-            is kept for readability at call sites that use the returned vectors.
 
     Returns:
         The tridiagonal (alpha, beta; ``beta[-1]`` is the coupling to the next, unformed vector
