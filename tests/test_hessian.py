@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
+import reference
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
@@ -23,39 +23,20 @@ from landscape.params import GroupError
 
 
 def tiny_mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    return reference.tiny_mlp(6).double()
 
 
 def tiny_bn_cnn():
-    torch.manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(27, 3)).double()
-    m[1].running_mean.normal_()
-    m[1].running_var.uniform_(0.5, 2.0)
-    m[1].weight.data.uniform_(0.5, 1.5)
-    m[1].bias.data.normal_()
-    return m
+    return reference.tiny_bn_cnn(5).double()
 
 
 def data(n, shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return reference.data(n, shape, seed=seed, dtype=torch.float64)
 
 
 def dense_hessian(model, x, y):
     """Exact Hessian of the eval-mode mean cross-entropy over all parameters (one forward)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    buffers = dict(model.named_buffers())
-    ref = copy.deepcopy(model).eval()
-
-    def f(theta):
-        ps = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
-        return F.cross_entropy(torch.func.functional_call(ref, {**ps, **buffers}, (x,)), y)
-
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return torch.func.hessian(f)(theta)
+    return torch.func.hessian(reference.reference_loss(model, x, y))(reference.flat_params(model))
 
 
 CASES = [(tiny_mlp, (6,)), (tiny_bn_cnn, (1, 5, 5))]
@@ -132,19 +113,8 @@ def test_norm_group_block_spectrum(f64):
 def test_bn_train_mode_is_its_own_matrix(f64):
     model = tiny_bn_cnn()
     x, y = data(20, (1, 5, 5))
-    names = [n for n, _ in model.named_parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    shapes = [p.shape for p in model.parameters()]
-
-    def f(theta):
-        ps = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
-        total = 0
-        for s in range(0, 20, 10):
-            m = copy.deepcopy(model).train()
-            total = total + 0.5 * F.cross_entropy(torch.func.functional_call(m, ps, (x[s : s + 10],)), y[s : s + 10])
-        return total
-
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    f = reference.reference_loss(model, x, y, bn_mode="train", batch_size=10)
+    theta = reference.flat_params(model)
     H = torch.autograd.functional.hessian(f, theta)  # reverse-over-reverse (func.hessian vmaps BN wrongly)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = hessian_spectrum(model, (x, y), bn_mode="train", batch_size=10, top_k=3, tol=1e-8,
@@ -169,17 +139,8 @@ def test_linearize_single_batch_and_float64_copy():
 
 
 def test_unused_parameters_are_zero_rows(f64):
-    class Partial(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.used = nn.Linear(4, 3)
-            self.unused = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.used(x)
-
     torch.manual_seed(0)
-    model = Partial().double()
+    model = reference.PartlyUsed().double()
     x, y = data(20, (4,))
     H_used = dense_hessian(model.used, x, y)  # the unused block of the full Hessian is zero
     exact = torch.linalg.eigvalsh(H_used).flip(0)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from reference import flat_params, reference_loss
 from torch import nn
 
 from landscape.analyses.momentum import MomentumOptions, momentum_curvature
@@ -24,13 +25,8 @@ def _setup():
     y = torch.randint(0, 3, (24,))
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(th):
-        ps = {n: t.view(s) for n, t, s in zip(names, th.split(sizes), shapes)}
-        return nn.functional.cross_entropy(torch.func.functional_call(model, ps, (x,)), y)
-
+    theta = flat_params(model)
+    loss = reference_loss(model, x, y)
     return model, x, y, names, shapes, theta, loss
 
 

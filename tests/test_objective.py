@@ -7,53 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import PartlyUsed, data, flat_params, reference_loss, tiny_bn_cnn, tiny_mlp
 from torch import nn
 
 from landscape.data import ArrayDataset
 from landscape.objective import NonFiniteLossError, Objective
 from landscape.params import GroupError
-
-
-def tiny_mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-
-
-def tiny_bn_cnn():
-    torch.manual_seed(1)
-    m = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)
-    )
-    # Non-trivial running statistics, so eval mode is not the identity normalization.
-    m[1].running_mean.normal_()
-    m[1].running_var.uniform_(0.5, 2.0)
-    m[1].weight.data.uniform_(0.5, 1.5)
-    m[1].bias.data.normal_()
-    return m
-
-
-def data(n, shape, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
-
-
-def flat_params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def full_batch_loss(model, x, y):
-    """Reference L(theta) over all parameters, the whole data set in one forward (eval mode)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    buffers = dict(model.named_buffers())
-
-    def f(theta):
-        ps = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
-        m = copy.deepcopy(model).eval()
-        return F.cross_entropy(torch.func.functional_call(m, {**ps, **buffers}, (x,)), y)
-
-    return f
 
 
 def snapshot(model):
@@ -75,7 +34,7 @@ def test_loss_grad_hvp_match_dense_hessian(f64, make, shape):
     x, y = data(23, shape)
     obj = Objective(model, (x, y), batch_size=7)  # batches 7, 7, 7, 2: exact mean needs weights
     assert obj.batch_sizes == [7, 7, 7, 2] and obj.num_samples == 23
-    f = full_batch_loss(model, x, y)
+    f = reference_loss(model, x, y)
     theta = flat_params(model)
     assert torch.equal(obj.theta0, theta)
     H = torch.func.hessian(f)(theta)
@@ -98,13 +57,13 @@ def test_single_batch_and_loss_and_grad(f64):
     model = tiny_mlp().double()
     x, y = data(10, (5,))
     obj = Objective(model, (x, y), batch_size=4)
-    f = full_batch_loss(model, x[4:8], y[4:8])
+    f = reference_loss(model, x[4:8], y[4:8])
     theta = flat_params(model)
     torch.testing.assert_close(obj.loss(batch=1), f(theta), rtol=1e-13, atol=0)
     loss, g = obj.loss_and_grad(batch=1)
     torch.testing.assert_close(loss, f(theta), rtol=1e-13, atol=0)
     torch.testing.assert_close(g, torch.func.grad(f)(theta), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(obj.loss(batch=-1), full_batch_loss(model, x[8:], y[8:])(theta))
+    torch.testing.assert_close(obj.loss(batch=-1), reference_loss(model, x[8:], y[8:])(theta))
     with pytest.raises(IndexError, match="3 batches"):
         obj.loss(batch=3)
 
@@ -115,7 +74,7 @@ def test_norm_group_is_the_hessian_block(f64):
     obj = Objective(model, (x, y), batch_size=5, params="norm")
     assert obj.names == ["1.weight", "1.bias"] and obj.numel == 6
     theta = flat_params(model)
-    H = torch.func.hessian(full_batch_loss(model, x, y))(theta)
+    H = torch.func.hessian(reference_loss(model, x, y))(theta)
     # Offsets of BatchNorm gamma/beta in the flat vector of all parameters.
     start = model[0].weight.numel() + model[0].bias.numel()
     block = H[start : start + 6, start : start + 6]
@@ -140,16 +99,7 @@ def test_hvp_methods_agree(f64):
 
 
 def test_unused_parameters_give_zeros(f64):
-    class Partial(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.used = nn.Linear(4, 3)
-            self.unused = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.used(x)
-
-    model = Partial().double()
+    model = PartlyUsed().double()
     x, y = data(9, (4,))
     obj = Objective(model, (x, y), batch_size=4)
     v = torch.ones(obj.numel)
@@ -180,23 +130,13 @@ def test_bn_train_mode_is_a_different_matrix_and_never_drifts(f64):
     # Reference: per-batch train-mode losses weighted by batch size. (torch.func.hessian,
     # which vmaps, gets train-mode BatchNorm wrong on torch 2.13; reverse-over-reverse is right.)
     theta = flat_params(model)
-    names = [n for n, _ in model.named_parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    shapes = [p.shape for p in model.parameters()]
-
-    def f(th):
-        ps = {n: t.view(s) for n, t, s in zip(names, th.split(sizes), shapes)}
-        total = 0
-        for s in range(0, 12, 5):
-            m = copy.deepcopy(model).train()
-            total = total + F.cross_entropy(torch.func.functional_call(m, ps, (x[s : s + 5],)), y[s : s + 5]) * len(y[s : s + 5]) / 12
-        return total
+    f = reference_loss(model, x, y, bn_mode="train", batch_size=5)
 
     torch.testing.assert_close(first, f(theta), rtol=1e-13, atol=0)
     H = torch.autograd.functional.hessian(f, theta)
     v = torch.randn(obj.numel, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
-    H_eval = torch.func.hessian(full_batch_loss(model, x, y))(theta)
+    H_eval = torch.func.hessian(reference_loss(model, x, y))(theta)
     assert (H - H_eval).abs().max() > 1e-3
 
 
@@ -267,7 +207,7 @@ def test_dtype_casts_copies_only():
     assert obj.theta0.dtype == torch.float64
     assert all(p.dtype == torch.float32 for p in model.parameters())
     ref = copy.deepcopy(model).double()
-    f = full_batch_loss(ref, x.double(), y)
+    f = reference_loss(ref, x.double(), y)
     theta = flat_params(ref)
     torch.testing.assert_close(obj.loss(), f(theta), rtol=1e-13, atol=0)
     v = torch.randn(obj.numel, dtype=torch.float64)
