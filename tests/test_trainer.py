@@ -196,3 +196,24 @@ def test_nesterov_and_threads_options_take_effect(tmp_path):
     assert nest.optimizer_state["param_groups"][0]["nesterov"] is True
     assert not _states_equal(plain, nest)
     assert torch.get_num_threads() == before  # restored for the caller
+
+
+def test_cli_flags_map_onto_train_config(tmp_path):
+    from landscape.cli import build_parser, train_config_from_args
+
+    def cfg(*argv):
+        return train_config_from_args(build_parser().parse_args(["train", *argv]))
+
+    c = cfg("--sam", "asam-el-linf", "--rho", "0.2", "--mask", "blocks", "--blocks", "B2+B3", "--m", "16",
+            "--eta", "0.1", "--no-freeze-bn-stats", "--nesterov", "--augment", "--data-root", str(tmp_path),
+            "--schedule", "constant", "--warmup-epochs", "1", "--label-smoothing", "0.1", "--threads", "2")
+    assert (c.sam.variant, c.sam.rho, c.sam.mask, c.sam.blocks, c.sam.m, c.sam.eta, c.sam.freeze_bn_stats) == (
+        "asam-el-linf", 0.2, "blocks", "B2+B3", 16, 0.1, False)
+    assert c.nesterov and c.augment and c.data_root == str(tmp_path) and c.schedule == "constant"
+    assert (c.warmup_epochs, c.label_smoothing, c.threads) == (1.0, 0.1, 2)
+    m = cfg("--optimizer", "msam", "--base-optimizer", "adamw", "--rho", "0.5", "--no-recalibrate-bn", "--warmup-no-rho")
+    assert (m.base_optimizer, m.msam.rho, m.msam.recalibrate_bn, m.msam.warmup_no_rho) == ("adamw", 0.5, False, True)
+    t = tmp_path / "c.toml"
+    t.write_text('epochs = 3\n[sam]\nrho = 0.3\nmask = "norm"\n')
+    c = cfg("--config", str(t), "--rho", "0.4")
+    assert c.epochs == 3 and c.sam.rho == 0.4 and c.sam.mask == "norm"
