@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.atomic import atomic_write
 from landscape.models import build_model
 
 FORMAT_VERSION = 1
@@ -76,17 +77,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """``torch.save`` through :func:`landscape.atomic.atomic_write` (never a partial file)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(
@@ -115,7 +107,8 @@ def save_checkpoint(
 
     Example:
         >>> import tempfile, os
-        >>> from landscape.models import build_model
+        >>> from landscape.atomic import atomic_write
+from landscape.models import build_model
         >>> m = build_model("mlp", input_shape=(4,), num_classes=2, width=8)
         >>> p = save_checkpoint(os.path.join(tempfile.mkdtemp(), "a.pt"), m, step=3)
         >>> load_checkpoint(p).step

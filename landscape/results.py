@@ -12,8 +12,8 @@ analysis options and the data options (which data set, split and how many exampl
 integral floats normalized (``rho = 1`` and ``rho = 1.0`` hash alike).
 
 Every file is written to a hidden temporary file in the same folder and then ``os.replace``d, so
-a killed process never leaves a partial ``.nc`` (at most a hidden ``.<name>.<pid>.tmp``, which
-:func:`open_results` ignores and the next write of the same result removes).
+a killed process never leaves a partial ``.nc`` (at most a hidden ``.<name>.<host>.<pid>-<token>.tmp``, which
+:func:`open_results` ignores; see :mod:`landscape.atomic`).
 
 Global attributes: ``landscape_version``, ``analysis``, ``created``, ``checkpoint``,
 ``checkpoint_sha256``, ``torch_version``, ``config_json`` (the analysis options), ``options_hash``,
@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from landscape.atomic import atomic_write, atomic_write_text
 
 ENGINE = "h5netcdf"
 HASH_LEN = 10
@@ -131,18 +133,6 @@ def _check_attr(key: str, value: Any) -> Any:
     raise ResultError(f"attribute {key!r} must be str/int/float or a list of them, got {type(value).__name__}")
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _remove_stale_tmp(path: Path) -> None:
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            stale.unlink()
-        except FileNotFoundError:
-            pass
-
-
 def write_result(
     ds: xr.Dataset,
     path: str | os.PathLike,
@@ -196,15 +186,7 @@ def write_result(
     meta.update(attrs or {})
     out.attrs = {k: _check_attr(k, v) for k, v in meta.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    try:
-        out.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: out.to_netcdf(tmp, engine=ENGINE))
 
 
 def read_result(path: str | os.PathLike) -> xr.Dataset:
@@ -341,17 +323,8 @@ def open_results(
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temp file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write JSON atomically (:func:`landscape.atomic.atomic_write`)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

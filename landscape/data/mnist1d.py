@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from landscape.atomic import atomic_write
 from landscape.data.base import ArrayDataset
 
 
@@ -52,11 +53,14 @@ def mnist1d(split: str = "train", *, root=None, num_samples: int = 5000, seed: i
             arrays = {k: z[k] for k in z.files}
     else:
         arrays = _generate(num_samples, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: _savez(tmp, arrays))
     xk, yk = ("x", "y") if split == "train" else ("x_test", "y_test")
     x = torch.as_tensor(arrays[xk], dtype=torch.float32)
     y = torch.as_tensor(arrays[yk], dtype=torch.long)
     return ArrayDataset(x, y, 10, "mnist1d", split)
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    # np.savez appends ".npz" to a name without it; an open file keeps the temporary name.
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)

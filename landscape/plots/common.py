@@ -19,6 +19,8 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from landscape.atomic import atomic_write
+
 __all__ = [
     "PlotError",
     "axis_label",
@@ -241,13 +243,8 @@ def save(fig: Figure, path: str | os.PathLike, formats: Sequence[str] = ("png", 
     written: list[Path] = []
     for fmt in formats:
         target = base.with_name(f"{base.name}.{fmt}")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            fig.savefig(tmp, format=fmt, dpi=STYLE["savefig.dpi"], metadata=_metadata(fmt))
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(target, lambda tmp, fmt=fmt: fig.savefig(
+            tmp, format=fmt, dpi=STYLE["savefig.dpi"], metadata=_metadata(fmt)))
         written.append(target)
     return written
 
