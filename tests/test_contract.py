@@ -238,3 +238,13 @@ def test_progress_logs_lines_when_not_a_terminal(caplog):
     with caplog.at_level(logging.INFO, logger="landscape"):
         sharpness(model, (x, y), m=8, n=16, steps=2, progress=False)
     assert caplog.text == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_stages_batches_on_its_device_and_matches_cpu():
+    model = tiny_mlp().double()
+    x, y = data(24, (5,), dtype=torch.float64)
+    ref = run_all(model, DataLoader(TensorDataset(x, y), batch_size=5))
+    got = run_all(model.cuda(), DataLoader(TensorDataset(x, y), batch_size=5))  # CPU data, CUDA model
+    assert next(model.parameters()).is_cuda
+    same_numbers(ref, got, rtol=1e-9)
