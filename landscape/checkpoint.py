@@ -471,9 +471,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _folder_weights(folder: Path) -> Path:
+    """The weights file of a checkpoint folder: a name of FOLDER_WEIGHTS, or in a folder named
+    ``checkpoint-N`` the single file with a checkpoint's suffix."""
     for name in FOLDER_WEIGHTS:
         if (folder / name).exists():
             return folder / name
+    if not _is_checkpoint_folder(folder):
+        raise CheckpointError(
+            f"{folder}: is a folder, not a checkpoint file (a checkpoint folder is named "
+            f"checkpoint-N or holds one of {', '.join(FOLDER_WEIGHTS)})"
+        )
     cands = sorted(
         p for p in folder.iterdir()
         if p.suffix in (*CHECKPOINT_SUFFIXES, ".bin") and not p.name.startswith(".")
