@@ -368,6 +368,7 @@ def test_checkpoint_folder_with_weights_and_optimizer(tmp_path):
         _outputs_equal(ck.model, m)
         for n, q in m.named_parameters():
             torch.testing.assert_close(ck.momentum()[n], opt.state[q]["exp_avg"], rtol=0, atol=0)
+    assert find_checkpoints(found[1]) == [found[1]]  # named explicitly: the folder itself
     sha = file_sha256(found[1])
     torch.save({"state": {}, "param_groups": []}, found[1] / "optimizer.pt")
     assert file_sha256(found[1]) != sha
