@@ -94,6 +94,10 @@ class Rejected(NamedTuple):
     path: Path
     reason: str
 
+    def as_json(self) -> dict[str, str]:
+        """``{"path": str, "reason": str}`` for a summary file."""
+        return {"path": str(self.path), "reason": self.reason}
+
 
 def _versions() -> dict[str, str]:
     from landscape import __version__

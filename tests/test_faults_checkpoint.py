@@ -83,6 +83,8 @@ def test_fifo_refused_without_blocking(tmp_path):
     found = _within(10, find_checkpoints, tmp_path, rejected=rejected)
     assert found == [tmp_path / "run" / "epoch_2.pt"]
     assert [(r.path, "FIFO" in r.reason) for r in rejected] == [(fifo, True)]
+    path, reason = rejected[0]
+    assert rejected[0].as_json() == {"path": str(fifo), "reason": reason}
 
 
 def test_socket_refused(tmp_path):
