@@ -268,7 +268,13 @@ def _resume(state: LoopState, last: Path) -> None:
         raise CheckpointError(f"{last}: its optimizer_state does not fit this optimizer: {e}") from None
     _set_rng_state(ckpt.raw.get("rng"), state.gen, state.device, last)
     run_json = state.out / "run.json"
-    info = read_json(run_json) if run_json.exists() else {}
+    try:
+        info = read_json(run_json) if run_json.exists() else {}
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{run_json}: not valid JSON ({e}); the file is damaged: move it away to resume "
+            "without the earlier history"
+        ) from None
     # run.json is written before last.pt, so it may hold one epoch more than last.pt: that
     # epoch is trained again and recorded again.
     state.history = [h for h in _records(info, "history", run_json) if h["epoch"] <= ckpt.epoch]
