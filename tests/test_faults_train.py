@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,76 @@ def test_checkpoint_content_is_a_function_of_config_seed_and_data(tmp_path):
 def test_checkpoint_bytes_identical_across_identical_runs(tmp_path):
     files, again, _ = _two_identical_runs(tmp_path)
     assert files == again
+
+
+# ---- killed runs ----------------------------------------------------------------------------------
+
+
+def test_death_right_after_last_pt_loses_no_epoch(tmp_path, monkeypatch):
+    """The process dies just after last.pt of epoch 2 is written (the window where, with
+    last.pt saved before run.json, run.json lacked that epoch); the resumed history has all."""
+    import landscape.trainer
+
+    cfg = _tiny(tmp_path, epochs=4)
+    real = landscape.trainer.save_checkpoint
+
+    def dies_after(path, model, **kw):
+        out = real(path, model, **kw)
+        if Path(path).name == "last.pt" and kw["epoch"] == 2:
+            raise SystemExit("killed")
+        return out
+
+    monkeypatch.setattr(landscape.trainer, "save_checkpoint", dies_after)
+    with pytest.raises(SystemExit):
+        train(cfg, progress=False)
+    monkeypatch.setattr(landscape.trainer, "save_checkpoint", real)
+    run = train(cfg, progress=False)
+    hist = json.loads((run / "run.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    full = train(_tiny(tmp_path, "full", epochs=4), progress=False)
+    a, b = (torch.load(r / "last.pt", weights_only=True)["model_state"] for r in (run, full))
+    assert _tensors_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume(tmp_path):
+    """A real `landscape train` process SIGKILLed at random moments, then resumed, repeatedly:
+    the finished run equals an uninterrupted one and run.json has every epoch once."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    epochs = 12
+    argv = [sys.executable, "-m", "landscape.cli", "train", "--dataset", "synthetic", "--dataset-kwargs",
+            "num_samples=256", "input_shape=[8]", "--model", "mlp", "--model-kwargs", "width=16", "--epochs",
+            str(epochs), "--batch-size", "16", "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rnd = random.Random(0)
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # wait until training runs (run.json rewritten), then kill at a random moment
+        t0 = time.monotonic()
+        while proc.poll() is None and not (tmp_path / "run" / "run.json").exists() and time.monotonic() - t0 < 60:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    else:
+        assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    assert kills >= 2
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "done" and [h["epoch"] for h in info["history"]] == list(range(1, epochs + 1))
+    ref = train(TrainConfig(dataset="synthetic", dataset_kwargs={"num_samples": 256, "input_shape": [8]},
+                            model="mlp", model_kwargs={"width": 16}, epochs=epochs, batch_size=16,
+                            out=str(tmp_path / "ref"), device="cpu"), progress=False)
+    a, b = (torch.load(r / "last.pt", weights_only=True) for r in (tmp_path / "run", ref))
+    assert _tensors_equal(a["model_state"], b["model_state"])
+    assert _tensors_equal(a["optimizer_state"], b["optimizer_state"])
