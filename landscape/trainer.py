@@ -197,6 +197,14 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) ->
 
     train_ds = get_dataset(cfg.dataset, "train", root=cfg.data_root, augment=cfg.augment, **cfg.dataset_kwargs)
     test_ds = get_dataset(cfg.dataset, "test", root=cfg.data_root, **cfg.dataset_kwargs)
+    if cfg.channels_last and device.type != "cuda":
+        # torch 2.13's oneDNN backward of a strided 1x1 convolution in channels-last format
+        # corrupts the heap on one CPU thread (e.g. 4 -> 8 channels, stride 2: "free(): invalid
+        # next size"); the format is a GPU speed-up, so it is offered there only.
+        raise ConfigError(
+            f"TrainConfig.channels_last=True needs a CUDA device (device={cfg.device!r} resolved to "
+            f"{device.type}); on CPU use channels_last=False"
+        )
     if cfg.channels_last and len(train_ds.input_shape) != 3:
         raise ConfigError(
             f"TrainConfig.channels_last=True needs image inputs (C, H, W); {cfg.dataset} has input shape "
