@@ -124,11 +124,16 @@ def _config_for_compare(d: dict[str, Any], where: Path | None = None) -> dict[st
     return {k: v for k, v in d.items() if k not in RESUME_FREE_KEYS}
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _rng_state(state: LoopState) -> dict[str, Any]:
+    """What a resumed run needs besides weights and optimizer state to continue exactly: the
+    generator states and, with fp16, the gradient scaler's scale and growth counter."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": state.gen.get_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    scaler = state.step_kwargs.get("scaler")
+    if scaler is not None:
+        rng["grad_scaler"] = dict(scaler.state_dict())  # floats and ints
+    return rng
 
 
 def _set_rng_state(rng: Any, gen: torch.Generator, device: torch.device, path: Path) -> None:
@@ -274,7 +279,11 @@ def _resume(state: LoopState, last: Path) -> None:
         base.load_state_dict(ckpt.optimizer_state)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{last}: its optimizer_state does not fit this optimizer: {e}") from None
-    _set_rng_state(ckpt.raw.get("rng"), state.gen, state.device, last)
+    rng = ckpt.raw.get("rng")
+    _set_rng_state(rng, state.gen, state.device, last)
+    scaler = state.step_kwargs.get("scaler")
+    if scaler is not None and isinstance(rng.get("grad_scaler"), dict):
+        scaler.load_state_dict(rng["grad_scaler"])
     run_json = state.out / "run.json"
     try:
         info = read_json(run_json) if run_json.exists() else {}
@@ -456,7 +465,7 @@ def _save(state: LoopState, names: list[str], metrics: dict[str, float]) -> None
         return
     kwargs = dict(optimizer=state.optimizer, step=state.step, epoch=state.epoch, metrics=metrics,
                   config=state.cfg_dict, optimizer_spec=state.optimizer_spec,
-                  rng=_rng_state(state.gen, state.device))
+                  rng=_rng_state(state))
     for name in names:
         save_checkpoint(state.out / name, state.net, **kwargs)
 

@@ -372,10 +372,17 @@ def test_fp16_grad_scaler_plain_step_and_skipped_inf_step():
         assert not torch.equal(p, q) and torch.allclose(p, q, atol=1e-4)
 
 
-def test_fp16_run_records_precision(tmp_path):
-    run = train(_cfg(tmp_path, precision="fp16"), progress=False)
+def test_fp16_run_records_precision_and_resumes_exactly(tmp_path):
+    run = train(_cfg(tmp_path, precision="fp16", epochs=3), progress=False)
     info = json.loads((run / "run.json").read_text())
     assert info["config"]["precision"] == "fp16" and all(math.isfinite(h["train_loss"]) for h in info["history"])
+    ck = load_checkpoint(run / "epoch_0002.pt")
+    assert ck.raw["rng"]["grad_scaler"]["scale"] > 0  # the loss scale travels with the checkpoint
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(run / "epoch_0002.pt", part / "last.pt")
+    resumed = train(_cfg(tmp_path, "part", precision="fp16", epochs=3), progress=False)
+    assert _states_equal(load_checkpoint(run / "last.pt"), load_checkpoint(resumed / "last.pt"))
 
 
 def test_channels_last_refused_on_cpu_and_for_non_images(tmp_path):
