@@ -414,8 +414,8 @@ def _record_diagnostics(state: LoopState, loss_value: float, lr: float) -> None:
     """One ``run.json`` diagnostics record: the step's loss and the optimizer's ``last_stats``.
 
     SAM/MSAM expose ``last_stats`` (0-d tensors: ``eps_norm``, ``grad_cosine``,
-    ``loss_perturbed``, MSAM ``momentum_cosine``); ``sharpness`` = L(w+eps) - L(w) from the two
-    losses the step computed anyway. One host sync for all of them, only on recorded steps.
+    ``loss_perturbed``, MSAM ``momentum_cosine``); for SAM, ``sharpness`` = L(w+eps) - L(w) from
+    the two losses the step computed anyway. One host sync for all of them, only on recorded steps.
     """
     entry: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": lr, "loss": loss_value}
     stats = getattr(state.optimizer, "last_stats", None)
@@ -423,7 +423,9 @@ def _record_diagnostics(state: LoopState, loss_value: float, lr: float) -> None:
         names = sorted(stats)
         values = torch.stack([torch.as_tensor(stats[k]).detach().reshape(()).double().cpu() for k in names]).tolist()
         entry.update(zip(names, values))
-        if "loss_perturbed" in entry:
+        if "loss_perturbed" in entry and state.cfg.sam is not None:
+            # SAM's step loss is L(w) (its first pass); MSAM's only pass is at the shifted
+            # weights, so there the difference of the two would not be L(w+eps) - L(w).
             entry["sharpness"] = entry["loss_perturbed"] - loss_value
     state.diagnostics.append(entry)
 

@@ -472,3 +472,19 @@ def test_diagnostics_every_records_optimizer_stats(tmp_path, monkeypatch):
     monkeypatch.undo()
     run = train(_cfg(tmp_path, "sgd", epochs=1, diagnostics_every=3), progress=False)
     assert [set(d) for d in json.loads((run / "run.json").read_text())["diagnostics"]] == [{"epoch", "step", "lr", "loss"}]
+
+
+def test_msam_diagnostics_have_no_sharpness_difference(tmp_path, monkeypatch):
+    import landscape.optim
+
+    real = landscape.optim.train_step
+
+    def with_stats(model, opt, x, y, loss_fn, **kw):
+        loss, logits = real(model, opt, x, y, loss_fn, **kw)
+        opt.last_stats = {"momentum_cosine": torch.tensor(0.5), "loss_perturbed": loss}
+        return loss, logits
+
+    monkeypatch.setattr(landscape.optim, "train_step", with_stats)
+    run = train(_cfg(tmp_path, epochs=1, diagnostics_every=1, optimizer="msam"), progress=False)
+    diag = json.loads((run / "run.json").read_text())["diagnostics"]
+    assert len(diag) == 3 and all(d["momentum_cosine"] == 0.5 and "sharpness" not in d for d in diag)
