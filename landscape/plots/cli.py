@@ -12,7 +12,6 @@ same as a function.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import xarray as xr
 
+from landscape.config import did_you_mean
 from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
@@ -77,8 +77,7 @@ def parse_plot_analyses(text: str | Sequence[str] | None) -> list[str]:
         if not item:
             continue
         if item not in FIGURES:
-            hint = difflib.get_close_matches(item, list(FIGURES), n=1)
-            raise PlotError(f"--analyses: no figures for {item!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            raise PlotError(f"--analyses: no figures for {item!r}" + did_you_mean(item, FIGURES)
                             + f"; accepted: {', '.join(FIGURES)}")
         if item not in names:
             names.append(item)
