@@ -42,11 +42,22 @@ log = logging.getLogger("landscape")
 RESUME_FREE_KEYS = ("epochs", "out", "resume", "device", "threads", "save_every", "save_every_steps",
                     "diagnostics_every")
 
-__all__ = ["LoopState", "TrainingError", "evaluate", "lr_factor", "resolve_device", "train"]
+__all__ = ["DivergedError", "LoopState", "TrainingError", "evaluate", "lr_factor", "resolve_device", "train"]
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (diverged loss, incompatible resume)."""
+    """Training cannot go on (diverged loss, incompatible resume, a failed compilation).
+
+    ``status`` is what ``run.json`` records for it.
+    """
+
+    status = "failed"
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""
+
+    status = "diverged"
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -159,8 +170,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
 
     Resumes from ``<out>/last.pt`` when it exists and ``cfg.resume`` (the stored config must
     match, except for epochs/out/device/threads/save_every/save_every_steps/diagnostics_every).
-    Raises ``TrainingError`` when the loss becomes NaN/inf; the last good checkpoint is kept and
-    ``run.json`` says ``diverged``.
+    Raises ``DivergedError`` (a ``TrainingError``) when the loss becomes NaN/inf; the last good
+    checkpoint is kept and ``run.json`` says ``diverged`` (``failed`` for other training errors).
 
     Example:
         >>> import tempfile
@@ -326,7 +337,7 @@ def _run(state: LoopState) -> Path:
         while state.epoch < cfg.epochs:
             _epoch(state)
     except TrainingError as e:
-        _write_run(state, "diverged", error=str(e))
+        _write_run(state, e.status, error=str(e))
         raise
     finally:
         state.bar.close()
@@ -396,7 +407,7 @@ def _step(state: LoopState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     loss, logits = state.train_step(state.model, state.optimizer, x, y, state.loss_fn, **state.step_kwargs)
     loss_value = loss.item()  # the one host sync per step: divergence check and progress
     if not math.isfinite(loss_value):
-        raise TrainingError(
+        raise DivergedError(
             f"loss became {loss_value} at epoch {state.epoch + 1}, step {state.step + 1}; training "
             f"stopped. The last good checkpoint is {state.out / 'last.pt'} (if any epoch "
             "finished). Lower the learning rate or rho."
@@ -445,10 +456,19 @@ def _check_compiled(state: LoopState, x: torch.Tensor, y: torch.Tensor) -> None:
         for m in dropouts:
             m.eval()
         for module in (state.net, state.model):
-            with torch.no_grad(), ctx():
-                losses.append(float(state.loss_fn(module(x), y)))
-            for b, saved in buffers:
-                b.copy_(saved)
+            try:
+                with torch.no_grad(), ctx():
+                    losses.append(float(state.loss_fn(module(x), y)))
+            except Exception as e:  # noqa: BLE001 - torch.compile's backends raise many kinds
+                if module is state.net:
+                    raise
+                raise TrainingError(
+                    f"compile=True: torch.compile failed on the first batch ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); train without --compile"
+                ) from e
+            finally:
+                for b, saved in buffers:
+                    b.copy_(saved)
     finally:
         for m in dropouts:
             m.train()

@@ -422,6 +422,14 @@ def test_compile_is_checked_against_eager_on_the_first_batch(tmp_path, monkeypat
     monkeypatch.setattr(landscape.trainer.torch, "compile", lambda net: Wrong(net))
     with pytest.raises(TrainingError, match="compiled model's loss on the first batch"):
         train(_cfg(tmp_path, "wrong", compile=True, model_kwargs={"width": 8, "norm": "batch"}), progress=False)
+    class Broken(torch.nn.Module):  # a backend that cannot compile this model
+        def forward(self, x):
+            raise RuntimeError("no C++ compiler found\nmore lines")
+
+    monkeypatch.setattr(landscape.trainer.torch, "compile", lambda net: Broken())
+    with pytest.raises(TrainingError, match=r"torch.compile failed on the first batch \(RuntimeError: no C\+\+ compiler found\)"):
+        train(_cfg(tmp_path, "broken", compile=True), progress=False)
+    assert json.loads((tmp_path / "broken" / "run.json").read_text())["status"] == "failed"
     monkeypatch.setattr(landscape.trainer.torch, "compile", lambda net: net)
     with caplog.at_level(logging.INFO, logger="landscape"):
         run = train(_cfg(tmp_path, "same", compile=True, model_kwargs={"width": 8, "norm": "batch"}), progress=False)
