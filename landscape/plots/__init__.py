@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from landscape.plots.common import PlotError, run_colors, save
+from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
@@ -24,6 +25,7 @@ from landscape.plots.training import combine_histories, history_dataset, trainin
 __all__ = [
     "PlotError",
     "combine_histories",
+    "diagnostics_dataset",
     "history_dataset",
     "norm_param_histograms",
     "rebin",
@@ -36,4 +38,5 @@ __all__ = [
     "top_eigenvalues",
     "trace",
     "training_curves",
+    "training_diagnostics",
 ]

@@ -12,7 +12,6 @@ same as a function.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,13 +21,15 @@ from typing import Any
 
 import xarray as xr
 
+from landscape.config import did_you_mean
 from landscape.plots.common import PlotError, run_colors, save
+from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.training import history_dataset, training_curves
 
-__all__ = ["FIGURES", "add_plot_parser", "plot_results", "run_plot"]
+__all__ = ["FIGURES", "add_plot_parser", "plot_results", "run_diagnostics", "run_plot"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def parse_plot_analyses(text: str | Sequence[str] | None) -> list[str]:
         if not item:
             continue
         if item not in FIGURES:
-            hint = difflib.get_close_matches(item, list(FIGURES), n=1)
-            raise PlotError(f"--analyses: no figures for {item!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            raise PlotError(f"--analyses: no figures for {item!r}" + did_you_mean(item, FIGURES)
                             + f"; accepted: {', '.join(FIGURES)}")
         if item not in names:
             names.append(item)
@@ -86,26 +86,51 @@ def parse_plot_analyses(text: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def run_histories(folder: str | Path) -> dict[str, xr.Dataset]:
-    """``run.json`` files under ``folder`` as :func:`history_dataset` s, by run name.
+def _run_jsons(folder: str | Path):
+    """``(run name, path, parsed run.json)`` under ``folder``; unreadable files noted and skipped.
 
     The run name is the run folder relative to ``folder`` (``folder``'s own name when it is a
     run folder itself), as ``landscape analyze`` names runs, so colors and names match the
-    results. Runs without a finished epoch are skipped with a note.
+    results.
     """
     from landscape.results import read_json
 
     folder = Path(folder)
     if not folder.is_dir():
         raise PlotError(f"--runs {folder}: no such folder")
-    out: dict[str, xr.Dataset] = {}
     for path in sorted(folder.rglob("run.json")):
         rel = path.parent.resolve().relative_to(folder.resolve()).as_posix()
         name = folder.resolve().name if rel == "." else rel
         try:
-            out[name] = history_dataset(read_json(path), run=name)
+            yield name, path, read_json(path)
+        except (ValueError, OSError) as e:
+            _note(f"skipped {path}: {e}")
+
+
+def run_histories(folder: str | Path) -> dict[str, xr.Dataset]:
+    """``run.json`` files under ``folder`` as :func:`history_dataset` s, by run name.
+
+    Runs without a finished epoch are skipped with a note.
+    """
+    out: dict[str, xr.Dataset] = {}
+    for name, path, info in _run_jsons(folder):
+        try:
+            out[name] = history_dataset(info, run=name)
         except (PlotError, ValueError) as e:
             _note(f"skipped {path}: {e}")
+    return out
+
+
+def run_diagnostics(folder: str | Path) -> dict[str, xr.Dataset]:
+    """The per-step ``diagnostics`` of the ``run.json`` files under ``folder``, by run name
+    (runs trained without ``diagnostics_every`` have none and are left out silently)."""
+    out: dict[str, xr.Dataset] = {}
+    for name, path, info in _run_jsons(folder):
+        if isinstance(info, dict) and info.get("diagnostics"):
+            try:
+                out[name] = diagnostics_dataset(info, run=name)
+            except PlotError as e:
+                _note(f"skipped the diagnostics of {path}: {e}")
     return out
 
 
@@ -127,7 +152,8 @@ def plot_results(
             when an analysis was run with several option sets).
         analyses: names or a comma list among :data:`FIGURES` (default all); missing ones are
             skipped with a note on stderr.
-        runs: a checkpoints folder; its ``run.json`` files give ``training_curves``.
+        runs: a checkpoints folder; its ``run.json`` files give ``training_curves`` and, for
+            runs trained with ``diagnostics_every``, ``training_diagnostics``.
         step: the step of the one-checkpoint figures (default: each run's last).
         formats: file formats per figure.
 
@@ -161,6 +187,7 @@ def plot_results(
                 failures.append(f"{name}{suffix}: could not read or combine the results: {e}")
                 _note(f"could not read or combine the {name!r} results with options {h}: {e}")
     histories = run_histories(runs) if runs is not None else {}
+    diagnostics = run_diagnostics(runs) if runs is not None else {}
     if runs is not None and not histories:
         _note(f"no run.json with a finished epoch under {runs}; no training curves")
     if not datasets and not histories:
@@ -171,7 +198,7 @@ def plot_results(
             f"(files <run>/<checkpoint>/<analysis>-<hash>.nc written by `landscape analyze`)"
             + ("" if runs is not None else "; pass --runs CHECKPOINTS to plot training curves")
         )
-    all_runs = sorted({str(r) for _, _, ds in datasets for r in ds["run"].values} | set(histories))
+    all_runs = sorted({str(r) for _, _, ds in datasets for r in ds["run"].values} | set(histories) | set(diagnostics))
     colors = run_colors(all_runs)
     written: list[Path] = []
 
@@ -202,6 +229,8 @@ def plot_results(
             draw(stem, lambda spec=spec, ds=ds, kwargs=kwargs: spec.fn(ds, **kwargs))
     if histories:
         draw("training_curves", lambda: training_curves(histories, colors=colors))
+    if diagnostics:
+        draw("training_diagnostics", lambda: training_diagnostics(diagnostics, colors=colors))
     if not written and failures:
         raise PlotError("no figure could be drawn:\n  " + "\n  ".join(failures))
     return written, failures
