@@ -59,7 +59,7 @@ def _optimizers(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, torc
 
     def full_ascent(m):
         opt = SAM(m, torch.optim.SGD, rho=0.5, mask="norm", **base)
-        opt._outside = []  # ablation: every parameter keeps requires_grad in the ascent pass
+        opt._ascent_all = True  # ablation: the ascent pass differentiates every parameter
         return opt
 
     make("SAM-ON, full ascent", full_ascent)
