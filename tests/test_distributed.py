@@ -1,0 +1,238 @@
+"""DDP on CPU (gloo, 2 processes) against one-process references; launcher env and data shards.
+
+One module fixture spawns the 2 processes once and runs every scenario in them (process start-up
+dominates on a 2-core box); each test then compares one scenario with its one-process reference
+computed here, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from landscape import distributed as D
+from landscape.data import ArrayDataset
+from landscape.optim import MSAM, SAM
+from landscape.precision import Precision
+
+WORLD = 2
+GLOBAL_BATCH = 16
+STEPS = 3
+
+
+# ------------------------------------------------------------------- single-process units
+def test_env_from_environ():
+    assert D.env_from_environ({}) == D.DistEnv()
+    env = D.env_from_environ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (env.world_size, env.rank, env.local_rank, env.distributed, env.is_main) == (4, 3, 1, True, False)
+    assert D.env_from_environ({"WORLD_SIZE": "1", "RANK": "0"}).distributed  # torchrun --nproc_per_node=1
+    with pytest.raises(D.DistributedError, match="RANK is not"):
+        D.env_from_environ({"WORLD_SIZE": "2"})
+    with pytest.raises(D.DistributedError, match="RANK=2"):
+        D.env_from_environ({"WORLD_SIZE": "2", "RANK": "2"})
+    with pytest.raises(D.DistributedError, match="WORLD_SIZE='two'"):
+        D.env_from_environ({"WORLD_SIZE": "two", "RANK": "0"})
+    assert D.init_process_group(D.DistEnv(), torch.device("cpu")) == "none" and not D.active()
+    assert D.reduce_metrics({"a": 2.0, "n": torch.tensor(3)}) == {"a": 2.0, "n": 3.0}
+    model = nn.Linear(2, 2)
+    assert D.wrap_ddp(model, torch.device("cpu")) is model
+    with pytest.raises(D.DistributedError, match="sync_bn=True needs CUDA"):
+        D.wrap_ddp(model, torch.device("cpu"), sync_bn=True)
+
+
+def test_shards_of_global_batches_are_the_one_process_order():
+    g = torch.Generator()
+    data = ArrayDataset(torch.arange(22.0).view(11, 2), torch.arange(11), 11)
+    for drop_last in (False, True):
+        one = [y for _, y in D.sharded_batches(data, 4, D.DistEnv(), shuffle=True, generator=g.manual_seed(3),
+                                               drop_last=drop_last)]
+        assert len(one) == D.num_batches(11, 4, 1, drop_last) == (2 if drop_last else 3)
+        per_rank = [[y for _, y in D.sharded_batches(data, 4, D.DistEnv(2, r, r, True), shuffle=True,
+                                                     generator=g.manual_seed(3), drop_last=drop_last)]
+                    for r in range(2)]
+        # the short last batch (3 samples) does not split over 2 ranks: skipped under DDP
+        assert len(per_rank[0]) == len(per_rank[1]) == D.num_batches(11, 4, 2, drop_last) == 2
+        for b in range(2):
+            assert torch.equal(torch.cat([per_rank[0][b], per_rank[1][b]]), one[b])
+    with pytest.raises(D.DistributedError, match="batch_size=5.*world size 2"):
+        next(D.sharded_batches(data, 5, D.DistEnv(2, 0, 0, True)))
+
+
+def test_global_order_batch_sampler_matches_one_process():
+    one = list(D.GlobalOrderBatchSampler(10, 4, seed=7))
+    ranks = [D.GlobalOrderBatchSampler(10, 4, rank=r, world_size=2, seed=7) for r in range(2)]
+    got = [list(s) for s in ranks]
+    assert [a + b for a, b in zip(*got)] == one and len(ranks[0]) == 3  # the last 2 split: 1 each
+    assert len(D.GlobalOrderBatchSampler(11, 4, rank=0, world_size=2)) == 2  # the last 3 do not
+    s = D.GlobalOrderBatchSampler(12, 4, rank=0, world_size=2, seed=7)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first and len(first) == 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(12)),
+                                         batch_sampler=D.GlobalOrderBatchSampler(12, 4, rank=1, world_size=2, shuffle=False))
+    assert [b[0].tolist() for b in loader] == [[2, 3], [6, 7], [10, 11]]
+    with pytest.raises(D.DistributedError, match="rank=2"):
+        D.GlobalOrderBatchSampler(12, 4, rank=2, world_size=2)
+
+
+# --------------------------------------------------------------------- the scenarios
+def ln_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def bn_net():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    with torch.no_grad():  # non-trivial gamma/beta (SAM-ON perturbs them)
+        m[1].weight.uniform_(0.5, 1.5)
+        m[1].bias.normal_()
+    return m
+
+
+def global_batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(GLOBAL_BATCH, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (GLOBAL_BATCH,), generator=g))
+            for _ in range(STEPS)]
+
+
+BASE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
+# name -> (model, optimizer factory under DDP, one-process reference factory)
+SCENARIOS = {
+    "sgd": (ln_net, lambda m: torch.optim.SGD(m.parameters(), **BASE), None),
+    "sam_local": (bn_net, lambda m: SAM(m, torch.optim.SGD, rho=0.2, **BASE),
+                  lambda m: SAM(m, torch.optim.SGD, rho=0.2, m=GLOBAL_BATCH // WORLD, **BASE)),
+    "sam_local_m": (bn_net, lambda m: SAM(m, torch.optim.SGD, rho=0.2, m=4, variant="fisher", **BASE),
+                    lambda m: SAM(m, torch.optim.SGD, rho=0.2, m=4, variant="fisher", **BASE)),
+    "sam_global": (ln_net, lambda m: SAM(m, torch.optim.SGD, rho=0.2, variant="asam-el-l2", ddp_perturbation="global", **BASE),
+                   lambda m: SAM(m, torch.optim.SGD, rho=0.2, variant="asam-el-l2", **BASE)),
+    "samon_local": (bn_net, lambda m: SAM(m, torch.optim.SGD, rho=0.5, mask="norm", **BASE),
+                    lambda m: SAM(m, torch.optim.SGD, rho=0.5, mask="norm", m=GLOBAL_BATCH // WORLD, **BASE)),
+    "samon_global": (ln_net, lambda m: SAM(m, torch.optim.SGD, rho=0.5, mask="norm", ddp_perturbation="global", **BASE),
+                     lambda m: SAM(m, torch.optim.SGD, rho=0.5, mask="norm", **BASE)),
+    "msam": (ln_net, lambda m: MSAM(m, torch.optim.SGD, rho=0.5, **BASE), None),
+}
+
+
+def _step(model, opt, x, y, **kw):
+    if isinstance(opt, (SAM, MSAM)):
+        return opt.train_step(model, x, y, F.cross_entropy, **kw)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def _state(model, opt):
+    base = getattr(opt, "base_optimizer", opt)
+    return {"params": [p.detach().clone() for p in model.parameters()],
+            "momentum": [base.state[p]["momentum_buffer"].clone() for p in model.parameters()],
+            "stats": {k: v.clone() for k, v in getattr(opt, "last_stats", {}).items()}}
+
+
+def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name, (make_model, make_opt, _) in SCENARIOS.items():
+            model = make_model()
+            ddp = nn.parallel.DistributedDataParallel(model)
+            opt = make_opt(ddp)  # the wrapper is accepted: SAM/MSAM unwrap it
+            for x, y in global_batches():
+                _step(ddp, opt, D.shard(x, rank, world), D.shard(y, rank, world))
+            results[name] = _state(model, opt)
+        # fp16: an inf ascent gradient on rank 1 only must skip the step on both ranks
+        model = ln_net().float()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = SAM(ddp, torch.optim.SGD, rho=0.1, **BASE)
+        prec = Precision.make("fp16", "cpu")
+        x, y = (t.float() if t.is_floating_point() else t for t in global_batches()[0])
+        xs, ys = D.shard(x, rank, world), D.shard(y, rank, world)
+        opt.train_step(ddp, xs, ys, F.cross_entropy, autocast=prec.autocast, scaler=prec.scaler)
+        before = [p.detach().clone() for p in model.parameters()]
+        scale = prec.scaler.get_scale()
+        if rank == 1:
+            model[0].weight.register_hook(lambda g: torch.full_like(g, math.inf))
+        opt.train_step(ddp, xs, ys, F.cross_entropy, autocast=prec.autocast, scaler=prec.scaler)
+        results["fp16_skip"] = {
+            "unchanged": all(torch.equal(a, b) for a, b in zip(model.parameters(), before)),
+            "scale_ratio": prec.scaler.get_scale() / scale,
+            "skipped": bool(opt.last_stats["skipped"]),
+        }
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(WORLD, str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def reference(name):
+    """The scenario in one process on the global batches (the reference optimizer if given)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        make_model, make_opt, make_ref = SCENARIOS[name]
+        model = make_model()
+        opt = (make_ref or make_opt)(model)
+        for x, y in global_batches():
+            _step(model, opt, x, y)
+        return _state(model, opt)
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_ddp_equals_one_process_reference(ddp_results, name):
+    """sgd, msam, *_global: one process on the global batch. *_local: one process with m = the
+    per-replica batch (each replica's own perturbation; BatchNorm statistics per replica)."""
+    ref = reference(name)
+    for rank in range(WORLD):
+        got = ddp_results[rank][name]
+        for a, b in zip(got["params"], ref["params"]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        # momentum buffers (MSAM's shift direction) are identical on every replica
+        for a, b in zip(got["momentum"], ddp_results[0][name]["momentum"]):
+            assert torch.equal(a, b)
+        for a, b in zip(got["momentum"], ref["momentum"]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    if name.startswith("sam") and name.endswith("global"):
+        assert set(ref["stats"]) == set(ddp_results[0][name]["stats"])
+        for k in ("eps_norm", "grad_cosine"):  # the same ascent gradient everywhere
+            torch.testing.assert_close(ddp_results[0][name]["stats"][k], ref["stats"][k], rtol=1e-9, atol=1e-12)
+
+
+def test_ddp_local_perturbation_differs_from_global(ddp_results):
+    """The two options are different algorithms (otherwise the tests above prove nothing)."""
+    a = ddp_results[0]["samon_global"]["params"]
+    b = reference("samon_local")["params"]
+    assert any(not torch.allclose(u, v, atol=1e-6) for u, v in zip(a, b))
+    ref_full = SCENARIOS["sam_local"][1]  # per-replica SAM on the whole batch in one process
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = bn_net()
+        opt = ref_full(model)
+        for x, y in global_batches():
+            _step(model, opt, x, y)
+    finally:
+        torch.set_default_dtype(old)
+    assert any(not torch.allclose(u, v, atol=1e-6) for u, v in zip(model.parameters(), ddp_results[0]["sam_local"]["params"]))
+
+
+def test_ddp_fp16_inf_on_one_replica_skips_everywhere(ddp_results):
+    for rank in range(WORLD):
+        got = ddp_results[rank]["fp16_skip"]
+        assert got == {"unchanged": True, "scale_ratio": 0.5, "skipped": True}, (rank, got)
