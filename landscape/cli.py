@@ -6,16 +6,20 @@ Every subcommand is reachable as ``main(argv)`` so tests call it directly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from landscape.config import ConfigError, SAMConfig, TrainConfig
+from landscape.config import ConfigError, Options, TrainConfig, field_docs, read_toml
 
-SAM_VARIANTS = typing.get_args(typing.get_type_hints(SAMConfig)["variant"])
+# Exit statuses of every subcommand (one rule, in :func:`exit_status`).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -29,103 +33,146 @@ def _kv(text: str) -> tuple[str, object]:
         return key, value
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _argparse_kwargs(tp: Any) -> dict[str, Any]:
+    """argparse keywords for an option of type ``tp`` (``X | None`` as X)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        values = typing.get_args(tp)
+        return {"choices": values, "type": type(values[0])}
+    if tp in (int, float, str):
+        return {"type": tp}
+    if origin is tuple:
+        elems = typing.get_args(tp)
+        return {"type": elems[0], "nargs": len(elems)}
+    if tp is dict or origin is dict:
+        return {"type": _kv, "nargs": "*", "metavar": "KEY=VALUE"}
+    raise TypeError(f"no command-line form for an option of type {tp!r}")  # pragma: no cover
+
+
+def _sharpness_tables() -> dict[str, type[Options]]:
+    """TrainConfig's nested option tables (``sam``, ``msam``), by field name."""
+    hints = typing.get_type_hints(TrainConfig)
+    tables = {}
+    for f in dataclasses.fields(TrainConfig):
+        args = typing.get_args(hints[f.name]) or (hints[f.name],)
+        sub = next((a for a in args if isinstance(a, type) and issubclass(a, Options)), None)
+        if sub is not None:
+            tables[f.name] = sub
+    return tables
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``landscape train``: one flag per TrainConfig field, derived from the dataclass.
+
+    Top-level fields are ``--field-name``; a nested table's fields are ``--TABLE-FIELD`` (and
+    giving one switches that optimizer on, like a ``[sam]``/``[msam]`` table in the TOML file),
+    with the short forms ``--rho``, ``--mask``, ``--m``... applying to the table that is on.
+    ``--sam VARIANT`` is ``--sam-variant``, ``--msam`` switches MSAM on with its defaults, and
+    ``--optimizer msam`` (with ``--base-optimizer``) is the earlier spelling of ``--msam``.
+    Help texts are the ``Attributes:`` lines of the options classes.
+    """
     p = sub.add_parser("train", help="train a model and write checkpoints",
-                       description="Train with SGD/AdamW, a SAM variant (--sam) or MSAM (--optimizer msam).")
-    p.add_argument("--config", help="TOML file with TrainConfig fields; flags override it")
-    p.add_argument("--dataset", help="mnist1d (default), synthetic, cifar10, cifar100")
-    p.add_argument("--data-root", help="data folder (CIFAR: the folder holding cifar-10-batches-py)")
-    p.add_argument("--dataset-kwargs", nargs="*", type=_kv, metavar="KEY=VALUE")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--model", help="a name of landscape.models.model_names()")
-    p.add_argument("--model-kwargs", nargs="*", type=_kv, metavar="KEY=VALUE", help="e.g. width=32 depth=2")
-    p.add_argument("--optimizer", choices=("sgd", "adamw", "msam"))
-    p.add_argument("--base-optimizer", choices=("sgd", "adamw"), help="base of MSAM")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--schedule", choices=("cosine", "constant"))
-    p.add_argument("--label-smoothing", type=float)
-    g = p.add_argument_group("SAM family (SAM-ON Table 9) and MSAM")
-    g.add_argument("--sam", choices=SAM_VARIANTS, help="train with this SAM variant")
-    g.add_argument("--rho", type=float, help="SAM radius, or MSAM's rho with --optimizer msam")
-    g.add_argument("--mask", help="all, norm (SAM-ON), no-norm, random, blocks, or a group spec")
-    g.add_argument("--blocks", help="stages for --mask blocks, e.g. B3 or B2+B3")
-    g.add_argument("--m", type=int, help="m-sharpness chunk size (SAM Section 4.1)")
-    g.add_argument("--eta", type=float, help="eta of the perturbation model")
-    g.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=None,
-                   help="leave BatchNorm running statistics untouched in SAM's second pass")
-    g.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="MSAM: re-estimate BatchNorm statistics at unshifted weights before eval/save")
-    g.add_argument("--warmup-no-rho", action=argparse.BooleanOptionalAction, default=None,
-                   help="MSAM: rho=0 during warm-up")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="run folder (default checkpoints/run)")
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--threads", type=int)
+                       description="Train with SGD/AdamW, a SAM variant (--sam VARIANT) or MSAM (--msam). "
+                                   "Flags override the --config TOML file.")
+    p.add_argument("--config", help="TOML file with TrainConfig fields ([sam] / [msam] tables); flags override it")
+    hints, docs = typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
+    tables = _sharpness_tables()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in tables:
+            continue
+        p.add_argument(_flag(f.name), dest=f.name, default=None, help=docs.get(f.name),
+                       **_argparse_kwargs(hints[f.name]))
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    short: dict[str, list[str]] = {}  # nested field -> tables that have it
+    for table, cls in tables.items():
+        g = p.add_argument_group(f"{table} ({cls.__name__}; any of these switches {table.upper()} on)")
+        sub_hints, sub_docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            flags = [f"--{table}-{f.name.replace('_', '-')}"]
+            if f.name == "variant":
+                flags.insert(0, f"--{table}")  # --sam VARIANT
+            g.add_argument(*flags, dest=f"{table}.{f.name}", default=None, help=sub_docs.get(f.name),
+                           **_argparse_kwargs(sub_hints[f.name]))
+            if f.name not in top:
+                short.setdefault(f.name, []).append(table)
+        if not any(f.name == "variant" for f in dataclasses.fields(cls)):
+            g.add_argument(f"--{table}", dest=f"{table}.on", action="store_true", default=None,
+                           help=f"train with {cls.__name__} (defaults unless other --{table}-... flags)")
+    g = p.add_argument_group("short forms: apply to the sharpness-aware optimizer that is on")
+    for name, owners in short.items():
+        cls = tables[owners[0]]
+        g.add_argument(_flag(name), dest=f"any.{name}", default=None,
+                       help=f"--{owners[0]}-{name.replace('_', '-')}"
+                            + "".join(f" or --{o}-{name.replace('_', '-')}" for o in owners[1:]),
+                       **_argparse_kwargs(typing.get_type_hints(cls)[name]))
     p.set_defaults(func=run_train)
+    return p
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge a TOML config and command-line flags into a validated TrainConfig."""
-    from landscape.cli_analyze import read_toml
-
     d = read_toml(args.config) if args.config else {}
-    simple = ("dataset", "data_root", "augment", "model", "optimizer", "base_optimizer", "lr",
-              "momentum", "nesterov", "weight_decay", "epochs", "batch_size", "warmup_epochs",
-              "schedule", "label_smoothing", "seed", "out", "save_every", "device", "resume", "threads")
-    for key in simple:
-        value = getattr(args, key)
-        if value is not None:
-            d[key] = value
-    if args.dataset_kwargs:
-        d["dataset_kwargs"] = {**d.get("dataset_kwargs", {}), **dict(args.dataset_kwargs)}
-    if args.model_kwargs:
-        d["model_kwargs"] = {**d.get("model_kwargs", {}), **dict(args.model_kwargs)}
-    optimizer = d.get("optimizer", "sgd")
-    sam_keys = {"rho": args.rho, "mask": args.mask, "blocks": args.blocks, "m": args.m, "eta": args.eta,
-                "freeze_bn_stats": args.freeze_bn_stats}
-    if args.sam is not None or isinstance(d.get("sam"), dict):
-        sam = dict(d.get("sam") or {})
-        if args.sam is not None:
-            sam["variant"] = args.sam
-        sam.update({k: v for k, v in sam_keys.items() if v is not None})
-        d["sam"] = sam
-    elif optimizer == "msam":
-        msam = dict(d.get("msam") or {})
-        for k, v in {"rho": args.rho, "recalibrate_bn": args.recalibrate_bn, "warmup_no_rho": args.warmup_no_rho}.items():
-            if v is not None:
-                msam[k] = v
-        d["msam"] = msam
-    else:
-        given = [f"--{k.replace('_', '-')}" for k, v in sam_keys.items() if v is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} need --sam VARIANT (or --optimizer msam for --rho)")
-    if optimizer == "msam" and "msam" not in d:
-        d["msam"] = {}
-    cfg = TrainConfig.from_dict(d)
-    return cfg
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    tables = _sharpness_tables()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in tables or f.name not in given:
+            continue
+        value = given[f.name]
+        if isinstance(value, list) and typing.get_type_hints(TrainConfig)[f.name] is dict:
+            base = d.get(f.name, {})
+            value = {**(base if isinstance(base, dict) else {}), **dict(value)}  # flags add to the file's table
+        d[f.name] = value
+    for table in tables:
+        values = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith(table + ".")}
+        if values:
+            if table in d and not isinstance(d[table], dict):
+                raise ConfigError(f"{args.config}: {table!r} must be a table such as [{table}]")
+            merged = dict(d.get(table) or {})
+            merged.update({k: v for k, v in values.items() if k != "on"})
+            d[table] = merged
+    shared = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith("any.")}
+    if shared:
+        on = [t for t in tables if isinstance(d.get(t), dict)]
+        if not on and d.get("optimizer") == "msam":
+            d["msam"], on = {}, ["msam"]
+        flags = ", ".join(_flag(k) for k in shared)
+        if len(on) != 1:
+            raise ConfigError(
+                f"{flags} need one sharpness-aware optimizer: --sam VARIANT or --msam (--optimizer msam)"
+                + (f"; both {' and '.join(on)} are on" if on else "")
+            )
+        table = on[0]
+        unknown = [k for k in shared if k not in {f.name for f in dataclasses.fields(tables[table])}]
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(_flag(k) for k in unknown)} do not apply to {table}; "
+                f"{table} takes {', '.join(_flag(f.name) for f in dataclasses.fields(tables[table]))}"
+            )
+        d[table] = {**d[table], **shared}
+    return TrainConfig.from_dict(d)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from landscape.results import read_json
     from landscape.trainer import train
 
     cfg = train_config_from_args(args)
     run = train(cfg)
-    from landscape.results import read_json
-
     hist = read_json(run / "run.json")["history"]
     if hist:
         h = hist[-1]
         print(f"{run}: epoch {h['epoch']} train acc {h['train_acc']:.4f} test acc {h['test_acc']:.4f} "
               f"test loss {h['test_loss']:.4f}")
-    return 0
+    return EXIT_OK
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -168,8 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(error: BaseException) -> int | None:
+    """The exit status for an error a subcommand raised; None: a bug, let the traceback show.
+
+    2: bad input (an option, value, name, file or folder: ``ConfigError`` and the other
+    ``ValueError`` subclasses, ``CheckpointError``, ``OSError``); 1: the work failed
+    (``TrainingError``: divergence, a run that cannot be continued).
+    """
+    from landscape.checkpoint import CheckpointError
+    from landscape.trainer import TrainingError
+
+    if isinstance(error, TrainingError):
+        return EXIT_FAILED
+    if isinstance(error, (ValueError, CheckpointError, OSError)):
+        return EXIT_BAD_INPUT
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``landscape`` command.
+    """Entry point of the ``landscape`` command: the one ``main`` and exit-status rule.
+
+    Returns 0 on success, 1 when the work failed (a diverged run, failed analyses), 2 for bad
+    input (printed as ``landscape COMMAND: error: ...``); argparse's own usage errors exit 2.
 
     Example:
         >>> main(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1",
@@ -179,17 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    from landscape.checkpoint import CheckpointError
-    from landscape.trainer import TrainingError
-
     try:
         return int(args.func(args) or 0)
-    except (ValueError, CheckpointError) as e:  # ConfigError, GroupError and bad names
+    except Exception as e:  # noqa: BLE001 - sorted by exit_status; unknown errors re-raised
+        status = exit_status(e)
+        if status is None:
+            raise
         print(f"landscape {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"landscape {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return status
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from landscape.config import ConfigError
+from landscape.config import ConfigError, read_toml  # noqa: F401 - read_toml re-exported (its home is config)
 
 # --slurm key -> submitit AutoExecutor parameter (and how to parse its value).
 SLURM_KEYS: dict[str, str] = {
@@ -145,18 +144,6 @@ def _toml():
     return tomllib
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; errors name the file."""
-    toml = _toml()
-    try:
-        with open(path, "rb") as f:
-            return toml.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except toml.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-
-
 def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["hessian.top_k=3", "data.split=\\"test\\""]`` -> nested option tables (TOML values).
 
@@ -260,19 +247,18 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m landscape.cli_analyze analyze ...``), used by the tests."""
-    parser = argparse.ArgumentParser(prog="landscape")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_analyze_parser(sub)
-    args = parser.parse_args(argv)
-    from landscape.checkpoint import CheckpointError
+    """Stand-alone entry (``python -m landscape.cli_analyze analyze ...``), used by the tests.
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, OSError, CheckpointError) as e:
-        parser.exit(2, f"landscape analyze: error: {e}\n")
+    The command and its exit statuses are :func:`landscape.cli.main`'s (one rule); bad input
+    leaves through ``SystemExit(2)`` here, as argparse's own errors do.
+    """
+    from landscape.cli import EXIT_BAD_INPUT
+    from landscape.cli import main as cli_main
+
+    status = cli_main(argv)
+    if status == EXIT_BAD_INPUT:
+        raise SystemExit(status)
+    return status
 
 
 if __name__ == "__main__":

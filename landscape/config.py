@@ -13,7 +13,9 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T", bound="Options")
@@ -21,6 +23,84 @@ T = TypeVar("T", bound="Options")
 
 class ConfigError(ValueError):
     """An option that is unknown, of the wrong type or out of range."""
+
+
+def did_you_mean(word: Any, choices: Iterable[Any]) -> str:
+    """The " (did you mean 'x'?)" suffix of an error message, or "" when nothing is close.
+
+    The one place the suggestion is made: unknown options, names and values all use it.
+
+    Example:
+        >>> did_you_mean("epoch", ["epochs", "lr"])
+        " (did you mean 'epochs'?)"
+        >>> did_you_mean("zzz", ["epochs", "lr"])
+        ''
+    """
+    hint = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    r"""Parse a TOML file; every error names the file.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "c.toml")
+        >>> _ = open(p, "w").write('epochs = 2\n[sam]\nrho = 0.1\n')
+        >>> read_toml(p)
+        {'epochs': 2, 'sam': {'rho': 0.1}}
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) TOML file: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+DEVICES_ACCEPTED = "auto, cpu, cuda, cuda:N"
+
+
+def check_device(name: Any, where: str = "device") -> None:
+    """Raise ``ConfigError`` unless ``name`` is auto, cpu, cuda or cuda:N."""
+    ok = isinstance(name, str) and (
+        name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    )
+    if not ok:
+        raise ConfigError(f"{where}={name!r} is not accepted; accepted: {DEVICES_ACCEPTED}")
+
+
+def resolve_device(name: str = "auto"):
+    """The ``torch.device`` for auto/cpu/cuda/cuda:N (auto: CUDA when present); the one resolver.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    import torch  # lazily: config is imported by code that never needs torch
+
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                f"accepted: cuda:0..cuda:{torch.cuda.device_count() - 1}, cpu, auto"
+            )
+    return torch.device(name)
 
 
 def _nested_type(tp: Any) -> type | None:
@@ -60,13 +140,10 @@ class Options:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         prefix = f"{where}." if where else ""
+        d = cls._migrate(d)
         for key in d:
             if key not in fields:
-                hint = difflib.get_close_matches(key, fields, n=1)
-                raise ConfigError(
-                    f"unknown option {prefix + key!r} in {cls.__name__}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                )
+                raise ConfigError(f"unknown option {prefix + key!r} in {cls.__name__}" + did_you_mean(key, fields))
         kwargs = {}
         for key, value in d.items():
             sub = _nested_type(hints[key])
@@ -88,13 +165,20 @@ class Options:
                 object.__setattr__(self, f.name, value)
             allowed = _literal_values(hints[f.name])
             if allowed is not None and value not in allowed:
-                hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
                 raise ConfigError(
-                    f"{type(self).__name__}.{f.name}={value!r} is not accepted"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    f"{type(self).__name__}.{f.name}={value!r} is not accepted" + did_you_mean(value, allowed)
                     + f"; accepted: {', '.join(map(repr, allowed))}"
                 )
+        self._normalize()
         self.validate()
+
+    @classmethod
+    def _migrate(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite keys of older versions (stored configs) into today's; subclasses override."""
+        return d
+
+    def _normalize(self) -> None:
+        """Rewrite accepted alternative spellings into the one stored form (before ``validate``)."""
 
     def validate(self) -> None:
         """Range checks; subclasses raise ``ConfigError``."""
@@ -109,6 +193,35 @@ class Options:
         return dataclasses.replace(self, **changes)
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of an options class' docstring, by field name.
+
+    The one place an option is described: ``landscape train --help`` shows these lines.
+
+    Example:
+        >>> field_docs(MSAMConfig)["warmup_no_rho"]
+        'rho=0 during the warm-up epochs'
+    """
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
+    except StopIteration:
+        return docs
+    indent = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        width = len(line) - len(line.lstrip())
+        indent = indent if indent is not None else width
+        if width < indent:
+            break
+        name, sep, text = line.strip().partition(": ")
+        if width == indent and sep:
+            docs[name] = text
+    return docs
+
+
 def check(cond: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``cond``."""
     if not cond:
@@ -119,9 +232,15 @@ def check(cond: bool, message: str) -> None:
 class SAMConfig(Options):
     """SAM-family options (SAM-ON Table 9 / Eq. 5; SAM Section 4.1 for ``m``).
 
-    ``variant``: sam, asam-el-l2, asam-el-l2-orig, asam-el-linf, asam-layer-l2, fisher.
-    ``mask``: all, norm (SAM-ON), no-norm, random, blocks (with ``blocks``, e.g. "B3" or
-    "B2+B3"), or any parameter-group spec of :mod:`landscape.params`.
+    Attributes:
+        variant: the perturbation model: sam, asam-el-l2, asam-el-l2-orig, asam-el-linf, asam-layer-l2, fisher
+        rho: radius of the ascent step (in the variant's normalized norm)
+        mask: parameters perturbed: all, norm (SAM-ON), no-norm, random, blocks, or a group spec
+        blocks: stages for mask=blocks, e.g. B3 or B2+B3
+        m: m-sharpness chunk size (SAM Section 4.1); must divide batch_size
+        eta: eta of the perturbation model (the variant's default when unset)
+        mask_seed: seed of mask=random
+        freeze_bn_stats: leave BatchNorm running statistics untouched in the second pass
     """
 
     variant: Literal["sam", "asam-el-l2", "asam-el-l2-orig", "asam-el-linf", "asam-layer-l2", "fisher"] = "sam"
@@ -141,7 +260,15 @@ class SAMConfig(Options):
 
 @dataclass(frozen=True)
 class MSAMConfig(Options):
-    """Momentum-SAM options (MSAM Section 2.4, Algorithm 1; default rho=3 as in its code)."""
+    """Momentum-SAM options (MSAM Section 2.4, Algorithm 1; default rho=3 as in its code).
+
+    This class holds MSAM's one rho default.
+
+    Attributes:
+        rho: shift length along the normalized momentum (3 as in the paper; ~0.3 for small models)
+        warmup_no_rho: rho=0 during the warm-up epochs
+        recalibrate_bn: re-estimate BatchNorm statistics at unshifted weights before eval/save
+    """
 
     rho: float = 3.0
     warmup_no_rho: bool = False
@@ -151,14 +278,61 @@ class MSAMConfig(Options):
         check(self.rho >= 0, f"MSAMConfig.rho must be >= 0, got {self.rho}")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class TrainConfig(Options):
     """Everything a training run needs; stored in every checkpoint as ``config``.
 
+    The optimizer is ``optimizer`` (sgd or adamw); a sharpness-aware optimizer wraps it when its
+    table is set, and that is the only switch: ``sam=SAMConfig(...)`` for the SAM family,
+    ``msam=MSAMConfig(...)`` for Momentum-SAM (at most one of them). ``optimizer="msam"``
+    (with ``base_optimizer``) is the spelling of earlier versions and is read as
+    ``optimizer=base_optimizer, msam=MSAMConfig()``; stored configs always have the new form.
+
+    Attributes:
+        dataset: mnist1d, synthetic, cifar10, cifar100 (or a registered name)
+        dataset_kwargs: options of the data set, e.g. num_samples=600
+        data_root: data folder (CIFAR: the folder holding cifar-10-batches-py)
+        augment: CIFAR random crop and flip on training batches
+        model: a name of landscape.models.model_names()
+        model_kwargs: options of the model, e.g. width=32 depth=2
+        optimizer: the base optimizer: sgd or adamw (msam: the earlier spelling of msam on base_optimizer)
+        base_optimizer: earlier spelling: the base of optimizer=msam (sgd or adamw)
+        lr: peak learning rate
+        momentum: SGD momentum
+        nesterov: Nesterov momentum (SGD)
+        weight_decay: weight decay (coupled for SGD, decoupled for AdamW)
+        betas: AdamW betas
+        epochs: number of epochs (may be raised to extend a run)
+        batch_size: training batch size
+        warmup_epochs: linear learning-rate warm-up, in epochs
+        schedule: cosine (decay to 0 after warm-up) or constant
+        label_smoothing: cross-entropy label smoothing
+        sam: SAM-family options; setting them trains with SAM (SAMConfig)
+        msam: Momentum-SAM options; setting them trains with MSAM (MSAMConfig)
+        precision: fp32, bf16 (autocast) or fp16 (autocast and a gradient scaler)
+        channels_last: channels-last memory format for image models (faster convolutions on GPUs)
+        compile: torch.compile the model (checked against eager on the first batch)
+        ddp_perturbation: under torchrun: local (each replica its own SAM perturbation) or global
+        sync_bn: under torchrun: SyncBatchNorm instead of per-replica BatchNorm statistics
+        seed: seed of initialization, data order and augmentation
+        out: run folder
+        save_every: write epoch_NNNN.pt every this many epochs (and after the last)
+        save_every_steps: also write step_NNNNNNNN.pt every this many steps (dense early checkpoints)
+        diagnostics_every: record the step's loss and the SAM/MSAM statistics in run.json every this many steps
+        device: auto, cpu, cuda, cuda:N
+        resume: continue the run in out from its last.pt
+        threads: torch CPU threads (default: torch's)
+
     Example:
         >>> cfg = TrainConfig(dataset="synthetic", model="mlp", epochs=2, out="/tmp/run")
-        >>> cfg.optimizer
-        'sgd'
+        >>> cfg.optimizer, cfg.sam, cfg.msam
+        ('sgd', None, None)
+        >>> old = TrainConfig(optimizer="msam", base_optimizer="adamw")
+        >>> old.optimizer, old.msam.rho, old.base_optimizer
+        ('adamw', 3.0, None)
     """
 
     dataset: str = "mnist1d"
@@ -168,7 +342,7 @@ class TrainConfig(Options):
     model: str = "resnet1d"
     model_kwargs: dict = field(default_factory=dict)
     optimizer: Literal["sgd", "adamw", "msam"] = "sgd"
-    base_optimizer: Literal["sgd", "adamw"] = "sgd"
+    base_optimizer: Literal["sgd", "adamw"] | None = None
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -181,12 +355,45 @@ class TrainConfig(Options):
     label_smoothing: float = 0.0
     sam: SAMConfig | None = None
     msam: MSAMConfig | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    ddp_perturbation: Literal["local", "global"] = "local"
+    sync_bn: bool = False
     seed: int = 0
     out: str = "checkpoints/run"
     save_every: int = 1
+    save_every_steps: int | None = None
+    diagnostics_every: int | None = None
     device: str = "auto"
     resume: bool = True
     threads: int | None = None
+
+    @classmethod
+    def _migrate(cls, d: dict[str, Any]) -> dict[str, Any]:
+        # Configs stored before base_optimizer became a legacy alias carry base_optimizer="sgd"
+        # beside optimizer="sgd"/"adamw", where it never had an effect.
+        if d.get("optimizer") != "msam" and "base_optimizer" in d:
+            d = {k: v for k, v in d.items() if k != "base_optimizer"}
+        return d
+
+    def _normalize(self) -> None:
+        if self.optimizer == "msam":  # the earlier spelling of MSAM (see the class docstring)
+            check(self.sam is None, "TrainConfig: choose either sam=... or optimizer='msam', not both")
+            object.__setattr__(self, "optimizer", self.base_optimizer or "sgd")
+            object.__setattr__(self, "msam", self.msam or MSAMConfig())
+        elif self.base_optimizer is not None and self.base_optimizer != self.optimizer:
+            raise ConfigError(
+                f"TrainConfig.base_optimizer={self.base_optimizer!r} only applies with the legacy "
+                f"optimizer='msam'; the base optimizer is optimizer={self.optimizer!r}. Use "
+                "optimizer='sgd'|'adamw' and msam={...} (or sam={...}) for a sharpness-aware one"
+            )
+        object.__setattr__(self, "base_optimizer", None)
+
+    @property
+    def sharpness_aware(self) -> Literal["sam", "msam"] | None:
+        """Which wrapper is on: "sam", "msam" or None (plain ``optimizer``)."""
+        return "sam" if self.sam is not None else "msam" if self.msam is not None else None
 
     def validate(self) -> None:
         check(self.lr > 0, f"TrainConfig.lr must be > 0, got {self.lr}")
@@ -197,12 +404,13 @@ class TrainConfig(Options):
         check(0 <= self.label_smoothing < 1, f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(0 <= self.warmup_epochs <= self.epochs, f"TrainConfig.warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         check(self.save_every >= 1, f"TrainConfig.save_every must be >= 1, got {self.save_every}")
-        check(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            f"TrainConfig.device={self.device!r} is not accepted; accepted: auto, cpu, cuda, cuda:N",
-        )
-        check(not (self.sam is not None and self.optimizer == "msam"),
-              "TrainConfig: choose either sam=... or optimizer='msam', not both")
+        for name in ("save_every_steps", "diagnostics_every", "threads"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"TrainConfig.{name} must be >= 1 or None, got {value}")
+        check(0 <= self.seed < 2**63, f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
+        check_device(self.device, "TrainConfig.device")
+        check(not (self.sam is not None and self.msam is not None),
+              "TrainConfig: choose either sam=... or msam=... (optimizer='msam'), not both")
         check(self.nesterov is False or self.momentum > 0, "TrainConfig.nesterov needs momentum > 0")
         check(
             self.sam is None or self.sam.m is None or self.batch_size % self.sam.m == 0,

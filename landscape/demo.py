@@ -24,7 +24,7 @@ RUNS: dict[str, dict] = {
     "sgd": {},
     "sam": {"sam": SAMConfig(variant="sam", rho=0.05)},
     "sam-on": {"sam": SAMConfig(variant="sam", rho=0.5, mask="norm")},
-    "msam": {"optimizer": "msam", "msam": MSAMConfig(rho=0.3)},
+    "msam": {"msam": MSAMConfig(rho=0.3)},
 }
 
 
@@ -57,7 +57,7 @@ def demo_analysis_options(quick: bool = False) -> dict:
 def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = False) -> dict:
     """Train, analyse, plot; print a summary table and return it as a dict."""
     from landscape.batch import analyze
-    from landscape.cli import main as cli_main
+    from landscape.plots.cli import plot_results
     from landscape.results import open_results, read_json
     from landscape.trainer import train
 
@@ -79,7 +79,9 @@ def demo(out: Path = Path("demo"), *, epochs: int | None = None, quick: bool = F
             log.error("demo: %s on %s failed: %s", f["analysis"], f["checkpoint"], f["error"])
     t_analyze = time.monotonic() - t0 - t_train
 
-    cli_main(["plot", str(out / "results"), "--runs", str(out / "checkpoints"), "--out", str(out / "figures")])
+    _, failures = plot_results(out / "results", out / "figures", runs=out / "checkpoints")
+    for failure in failures:
+        log.error("demo: figure failed: %s", failure)
 
     table = {}
     hess = open_results(out / "results", "hessian")

@@ -184,7 +184,10 @@ def test_sam_family_runs_store_options_and_momentum(tmp_path):
 def test_msam_run_without_explicit_options(tmp_path):
     run = train(_cfg(tmp_path, "msam", optimizer="msam", model_kwargs={"width": 8, "norm": "batch"}), progress=False)
     ck = load_checkpoint(run / "last.pt")
-    assert ck.config["optimizer"] == "msam"
+    # optimizer="msam" is the earlier spelling: stored as MSAM (its defaults) on SGD
+    assert ck.config["optimizer"] == "sgd" and ck.config["msam"] == {"rho": 3.0, "warmup_no_rho": False,
+                                                                     "recalibrate_bn": True}
+    assert ck.optimizer_spec["name"] == "msam"
     mom = ck.momentum()
     assert all(torch.isfinite(v).all() for v in mom.values())
 
@@ -212,8 +215,92 @@ def test_cli_flags_map_onto_train_config(tmp_path):
     assert c.nesterov and c.augment and c.data_root == str(tmp_path) and c.schedule == "constant"
     assert (c.warmup_epochs, c.label_smoothing, c.threads) == (1.0, 0.1, 2)
     m = cfg("--optimizer", "msam", "--base-optimizer", "adamw", "--rho", "0.5", "--no-recalibrate-bn", "--warmup-no-rho")
-    assert (m.base_optimizer, m.msam.rho, m.msam.recalibrate_bn, m.msam.warmup_no_rho) == ("adamw", 0.5, False, True)
+    # the earlier spelling, stored in today's form: MSAM on optimizer=adamw
+    assert (m.optimizer, m.msam.rho, m.msam.recalibrate_bn, m.msam.warmup_no_rho) == ("adamw", 0.5, False, True)
     t = tmp_path / "c.toml"
     t.write_text('epochs = 3\n[sam]\nrho = 0.3\nmask = "norm"\n')
     c = cfg("--config", str(t), "--rho", "0.4")
     assert c.epochs == 3 and c.sam.rho == 0.4 and c.sam.mask == "norm"
+
+
+def test_every_train_config_field_has_a_flag_with_help():
+    import dataclasses
+
+    from landscape.cli import build_parser
+    from landscape.config import MSAMConfig, SAMConfig
+
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train_parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("sam", "msam"):
+            continue
+        assert f.name in by_dest and f"--{f.name.replace('_', '-')}" in by_dest[f.name].option_strings, f.name
+        assert by_dest[f.name].help, f.name
+    for table, cls in (("sam", SAMConfig), ("msam", MSAMConfig)):
+        for f in dataclasses.fields(cls):
+            action = by_dest[f"{table}.{f.name}"]
+            assert f"--{table}-{f.name.replace('_', '-')}" in action.option_strings and action.help
+    assert "--sam" in by_dest["sam.variant"].option_strings and "--msam" in by_dest["msam.on"].option_strings
+    for short in ("--rho", "--mask", "--blocks", "--m", "--eta", "--mask-seed", "--freeze-bn-stats",
+                  "--recalibrate-bn", "--warmup-no-rho"):
+        assert short in train_parser._option_string_actions, short
+
+
+def test_derived_flags_new_options_and_table_switches(tmp_path):
+    from landscape.cli import build_parser, train_config_from_args
+
+    def cfg(*argv):
+        return train_config_from_args(build_parser().parse_args(["train", *argv]))
+
+    c = cfg("--precision", "bf16", "--channels-last", "--compile", "--save-every-steps", "3",
+            "--diagnostics-every", "2", "--ddp-perturbation", "global", "--sync-bn", "--betas", "0.8", "0.9",
+            "--seed", "7", "--no-resume", "--device", "cpu")
+    assert (c.precision, c.channels_last, c.compile, c.save_every_steps, c.diagnostics_every) == ("bf16", True, True, 3, 2)
+    assert (c.ddp_perturbation, c.sync_bn, c.betas, c.seed, c.resume, c.device) == ("global", True, (0.8, 0.9), 7, False, "cpu")
+    assert cfg("--msam").msam.rho == 3.0 and cfg("--msam").optimizer == "sgd"
+    m = cfg("--msam-rho", "0.3", "--optimizer", "adamw")  # a table flag switches its optimizer on
+    assert (m.optimizer, m.msam.rho, m.sam) == ("adamw", 0.3, None)
+    assert cfg("--msam", "--rho", "0.2").msam.rho == 0.2
+    s = cfg("--sam-rho", "0.1", "--sam-mask", "norm")
+    assert (s.sam.variant, s.sam.rho, s.sam.mask) == ("sam", 0.1, "norm")
+    t = tmp_path / "c.toml"
+    t.write_text('optimizer = "msam"\nmodel_kwargs = {width = 4}\n')
+    c = cfg("--config", str(t), "--rho", "0.7", "--model-kwargs", "depth=2")
+    assert c.msam.rho == 0.7 and c.model_kwargs == {"width": 4, "depth": 2}
+    with pytest.raises(ConfigError, match="--mask do not apply to msam"):
+        cfg("--msam", "--mask", "norm")
+    with pytest.raises(ConfigError, match="not both"):
+        cfg("--sam", "sam", "--msam")
+
+
+def test_one_exit_status_rule(tmp_path, capsys):
+    from landscape import cli_analyze
+    from landscape.checkpoint import CheckpointError
+    from landscape.cli import exit_status
+
+    assert exit_status(ConfigError("x")) == exit_status(CheckpointError("x")) == exit_status(OSError("x")) == 2
+    assert exit_status(TrainingError("x")) == 1 and exit_status(KeyError("x")) is None
+    # a diverging run: the work failed -> 1
+    argv = ["train", "--dataset", "synthetic", "--dataset-kwargs", "num_samples=32", "input_shape=[4]",
+            "--model", "mlp", "--epochs", "1", "--batch-size", "16", "--lr", "1e30", "--schedule", "constant"]
+    assert main(argv + ["--out", str(tmp_path / "div")]) == 1
+    assert "loss became" in capsys.readouterr().err
+    # bad input -> 2, the same rule through the analyze entry point
+    assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_analyze.main(["analyze", str(tmp_path), "-a", "norm_params", "--config", str(tmp_path / "no.toml")])
+    assert e.value.code == 2 and "no such config file" in capsys.readouterr().err
+
+
+def test_demo_does_not_import_the_cli():
+    import ast
+    import inspect
+
+    import landscape.demo
+
+    tree = ast.parse(inspect.getsource(landscape.demo))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "landscape.cli" not in imported

@@ -20,8 +20,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -45,11 +48,8 @@ __all__ = [
 
 
 def base_optimizer_spec(cfg) -> tuple[type[torch.optim.Optimizer], dict]:
-    """The base optimizer class and keyword arguments a ``TrainConfig`` asks for.
-
-    ``cfg.optimizer`` ("sgd"/"adamw"), or ``cfg.base_optimizer`` when it is "msam".
-    """
-    name = cfg.base_optimizer if cfg.optimizer == "msam" else cfg.optimizer
+    """The base optimizer class and keyword arguments a ``TrainConfig`` asks for (``cfg.optimizer``)."""
+    name = cfg.optimizer
     if name == "sgd":
         return torch.optim.SGD, {
             "lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay,
@@ -60,16 +60,16 @@ def base_optimizer_spec(cfg) -> tuple[type[torch.optim.Optimizer], dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """SGD/AdamW, wrapped in :class:`SAM` when ``cfg.sam`` is set, or :class:`MSAM` for "msam".
+    """``cfg.optimizer`` (SGD/AdamW), wrapped in :class:`SAM` when ``cfg.sam`` is set or in
+    :class:`MSAM` when ``cfg.msam`` is set (the one switch; see :class:`~landscape.config.TrainConfig`).
 
     Only trainable parameters (``requires_grad``) are optimized.
     """
     cls, kwargs = base_optimizer_spec(cfg)
-    if cfg.optimizer == "msam":
-        if cfg.sam is not None:
-            raise ValueError("choose either sam=... or optimizer='msam', not both")
-        rho = cfg.msam.rho if cfg.msam is not None else 3.0
-        return MSAM(model, cls, rho=rho, **kwargs)
+    if cfg.sam is not None and cfg.msam is not None:
+        raise ValueError("choose either sam=... or msam=..., not both")
+    if cfg.msam is not None:
+        return MSAM(model, cls, rho=cfg.msam.rho, **kwargs)
     if cfg.sam is not None:
         return SAM(model, cls, **dataclasses.asdict(cfg.sam), **kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -78,12 +78,23 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return cls(params, **kwargs)
 
 
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One full training step with any optimizer from :func:`build_optimizer`.
 
@@ -94,6 +105,11 @@ def train_step(
       base step with the mean of the chunks' gradients;
     * :class:`MSAM`: shift, forward/backward at the shifted weights, unshift, base step.
 
+    Mixed precision: ``autocast`` (a function returning a context, e.g.
+    ``lambda: torch.autocast("cpu", dtype=torch.bfloat16)``) wraps the forward passes;
+    ``scaler`` (fp16) scales the loss, and a step whose gradients are not finite is skipped by
+    ``GradScaler.step``. SAM/MSAM receive both when their ``train_step`` takes them.
+
     The model's train/eval mode is the caller's choice. ``loss_fn`` must return the mean loss.
 
     Returns:
@@ -101,10 +117,31 @@ def train_step(
         for plain and SAM; at the shifted weights, its only pass, for MSAM).
     """
     if isinstance(optimizer, (SAM, MSAM)):
-        return optimizer.train_step(model, x, y, loss_fn)
+        kwargs: dict = {}
+        if scaler is not None:
+            if not _accepts(optimizer.train_step, "scaler"):
+                raise ValueError(
+                    f"precision='fp16' (a GradScaler) is not supported by this {type(optimizer).__name__}: its "
+                    "ascent norm must be taken on unscaled gradients; use precision='bf16' or 'fp32'"
+                )
+            kwargs["scaler"] = scaler
+        if autocast is not None and _accepts(optimizer.train_step, "autocast"):
+            kwargs["autocast"] = autocast
+        elif autocast is not None:
+            # Autocast only changes the dtype of the forward's ops: around the whole step it
+            # covers both passes, and the perturbation arithmetic on fp32 parameters is unchanged.
+            with autocast():
+                return optimizer.train_step(model, x, y, loss_fn, **kwargs)
+        return optimizer.train_step(model, x, y, loss_fn, **kwargs)
     optimizer.zero_grad(set_to_none=True)
-    logits = model(x)
-    loss = loss_fn(logits, y)
-    loss.backward()
-    optimizer.step()
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped when the unscaled gradients hold inf/NaN
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.detach(), logits.detach()
