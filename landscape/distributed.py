@@ -183,7 +183,9 @@ def broadcast_object(obj, src: int = 0):
 
 
 def is_ddp(model: nn.Module) -> bool:
-    return isinstance(model, nn.parallel.DistributedDataParallel)
+    """``model`` is DistributedDataParallel, possibly under ``torch.compile`` (which forwards
+    ``no_sync`` to it)."""
+    return isinstance(getattr(model, "_orig_mod", model), nn.parallel.DistributedDataParallel)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
@@ -194,13 +196,13 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -
     replica normalizes with its own shard's batch statistics; DDP broadcasts rank 0's running
     statistics at each forward, so all replicas hold rank 0's).
     """
+    if not active():
+        return model  # one process: the batch statistics are the global batch's anyway
     if sync_bn and torch.device(device).type != "cuda":
         raise DistributedError(
             f"sync_bn=True needs CUDA devices (torch's SyncBatchNorm has no CPU kernel), got device {device}; "
             "use sync_bn=False (per-replica statistics) on CPU"
         )
-    if not active():
-        return model
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
@@ -264,9 +266,9 @@ class GlobalOrderBatchSampler(torch.utils.data.Sampler[list[int]]):
     cut into ``world_size`` contiguous shards. With ``world_size=1`` it is the one-process order.
 
     Example:
-        >>> s = GlobalOrderBatchSampler(6, batch_size=4, rank=0, world_size=2, shuffle=False)
-        >>> list(s), len(s)
-        ([[0, 1]], 1)
+        >>> s = GlobalOrderBatchSampler(6, batch_size=4, rank=1, world_size=2, shuffle=False)
+        >>> list(s), len(s)  # global batches [0, 1, 2, 3] and [4, 5]; rank 1 gets the second halves
+        ([[2, 3], [5]], 2)
     """
 
     def __init__(self, n: int, batch_size: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = True,
