@@ -7,6 +7,8 @@ computed here, in float64.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 
@@ -18,9 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape import distributed as D
+from landscape.checkpoint import load_checkpoint
+from landscape.config import SAMConfig, TrainConfig
 from landscape.data import ArrayDataset
 from landscape.optim import MSAM, SAM
 from landscape.precision import Precision
+from landscape.trainer import train
 
 WORLD = 2
 GLOBAL_BATCH = 16
@@ -135,12 +140,74 @@ def _state(model, opt):
             "stats": {k: v.clone() for k, v in getattr(opt, "last_stats", {}).items()}}
 
 
+def train_cfg(out, **kw):
+    return TrainConfig(dataset="synthetic", dataset_kwargs={"num_samples": 96, "input_shape": [6], "num_classes": 3},
+                       model="mlp", model_kwargs={"width": 12, "norm": "layer"}, epochs=3, batch_size=32, lr=0.05,
+                       sam=SAMConfig(rho=0.1), ddp_perturbation="global", augment=False, out=str(out), **kw)
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of an epoch."""
+
+
+def _trainer_runs(rank: int, out: str) -> dict:
+    """``landscape.train`` as torchrun runs it: uninterrupted, and killed in epoch 2 then resumed."""
+    from landscape import trainer
+
+    os.environ.update({"WORLD_SIZE": str(WORLD), "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    writes, records = [], []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    log = logging.getLogger("landscape")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    real_save, real_write, real_step = trainer.save_checkpoint, trainer.write_json, trainer._step
+    trainer.save_checkpoint = lambda path, *a, **k: (writes.append(str(path)), real_save(path, *a, **k))[1]
+    trainer.write_json = lambda path, *a, **k: (writes.append(str(path)), real_write(path, *a, **k))[1]
+    labels = []  # the labels each step saw on this rank
+
+    def recording_step(state, x, y):
+        labels.append(y.clone())
+        return real_step(state, x, y)
+
+    try:
+        trainer._step = recording_step
+        trainer.train(train_cfg(os.path.join(out, "full")), progress=False)
+        calls = [0]
+
+        def dying_step(state, x, y):
+            calls[0] += 1
+            if calls[0] == 5:  # epoch 2, step 2 of 3: after epoch 1's checkpoint
+                raise Killed
+            return real_step(state, x, y)
+
+        trainer._step = dying_step
+        try:
+            trainer.train(train_cfg(os.path.join(out, "killed")), progress=False)
+        except Killed:
+            pass
+        trainer._step = real_step
+        dist.barrier()
+        trainer.train(train_cfg(os.path.join(out, "killed")), progress=False)  # the same command again
+    finally:
+        trainer.save_checkpoint, trainer.write_json, trainer._step = real_save, real_write, real_step
+        log.removeHandler(handler)
+        for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            os.environ.pop(k)
+    try:
+        D.wrap_ddp(nn.Linear(2, 2), torch.device("cpu"), sync_bn=True)
+        sync_bn_error = ""
+    except D.DistributedError as e:
+        sync_bn_error = str(e)
+    return {"writes": len(writes), "log_records": len(records), "sync_bn_error": sync_bn_error, "labels": labels}
+
+
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results = {}
+        results = {"trainer": _trainer_runs(rank, out)}
+        torch.set_default_dtype(torch.float64)
         for name, (make_model, make_opt, _) in SCENARIOS.items():
             model = make_model()
             ddp = nn.parallel.DistributedDataParallel(model)
@@ -175,7 +242,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 def ddp_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(WORLD, str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results[0]["out"] = tmp
+    return results
 
 
 def reference(name):
@@ -235,3 +304,50 @@ def test_ddp_fp16_inf_on_one_replica_skips_everywhere(ddp_results):
     for rank in range(WORLD):
         got = ddp_results[rank]["fp16_skip"]
         assert got == {"unchanged": True, "scale_ratio": 0.5, "skipped": True}, (rank, got)
+
+
+def _states_close(a, b, atol):
+    sa, sb = a.raw["model_state"], b.raw["model_state"]
+    assert sorted(sa) == sorted(sb)  # no "module." prefix
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol)
+    ma, mb = a.momentum(), b.momentum()
+    assert sorted(ma) == sorted(mb)
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=0, atol=atol)
+
+
+def test_train_under_ddp_equals_one_process_and_resumes_after_kill(ddp_results, tmp_path, monkeypatch):
+    from landscape import trainer
+
+    out = ddp_results[0]["out"]
+    labels, real_step = [], trainer._step
+    monkeypatch.setattr(trainer, "_step", lambda state, x, y: (labels.append(y.clone()), real_step(state, x, y))[1])
+    ref = load_checkpoint(train(train_cfg(tmp_path / "one"), progress=False) / "last.pt")
+    # each rank saw its half of every global batch, in the one-process order
+    shards = [ddp_results[r]["trainer"]["labels"] for r in range(WORLD)]
+    assert len(labels) == len(shards[0]) == 9 and all(len(t) == 16 for t in shards[0] + shards[1])
+    for i, y in enumerate(labels):
+        assert torch.equal(torch.cat([shards[0][i], shards[1][i]]), y)
+    full = load_checkpoint(out / "full" / "last.pt")
+    resumed = load_checkpoint(out / "killed" / "last.pt")
+    _states_close(full, ref, atol=1e-5)  # float32: the same global batches, reduced in another order
+    _states_close(resumed, full, atol=0)  # resume after the kill: exactly the uninterrupted run
+    assert full.optimizer_spec["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert ref.optimizer_spec["distributed"] == {"world_size": 1, "backend": "none"}
+    info = json.loads((out / "killed" / "run.json").read_text())
+    assert info["status"] == "done" and info["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert [h["epoch"] for h in info["history"]] == [1, 2, 3]
+    ref_hist = json.loads((tmp_path / "one" / "run.json").read_text())["history"]
+    for h, r in zip(info["history"], ref_hist):  # metrics summed over ranks = one process's
+        assert h["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
+        assert h["train_acc"] == pytest.approx(r["train_acc"], abs=1e-9)
+
+
+def test_only_rank_0_writes_files_and_logs(ddp_results):
+    main, other = ddp_results[0]["trainer"], ddp_results[1]["trainer"]
+    assert main["writes"] > 0 and main["log_records"] > 0
+    assert other["writes"] == 0 and other["log_records"] == 0
+    assert sorted(p.name for p in (ddp_results[0]["out"] / "full").iterdir()) == [
+        "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt", "run.json"]
+    assert "sync_bn=True needs CUDA" in other["sync_bn_error"]
