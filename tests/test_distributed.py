@@ -351,3 +351,28 @@ def test_only_rank_0_writes_files_and_logs(ddp_results):
     assert sorted(p.name for p in (ddp_results[0]["out"] / "full").iterdir()) == [
         "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt", "run.json"]
     assert "sync_bn=True needs CUDA" in other["sync_bn_error"]
+
+
+@pytest.mark.slow
+def test_torchrun_landscape_train_unchanged_command(tmp_path):
+    """``torchrun --nproc_per_node=2`` around the one-process command line, nothing else changed."""
+    import subprocess
+    import sys
+
+    args = ["train", "--dataset", "synthetic", "--dataset-kwargs", "num_samples=64", "input_shape=[6]",
+            "--model", "mlp", "--model-kwargs", "width=8", "--epochs", "2", "--batch-size", "16",
+            "--sam", "sam", "--sam-rho", "0.1", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("WORLD_SIZE", None)
+    runs = [("one", [], ["--sam-m", "8"]),  # one process, m-sharpness with m = the per-replica batch
+            ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], [])]
+    for name, launcher, extra in runs:
+        cmd = [sys.executable, *launcher, "-m", "landscape.cli", *args, *extra, "--out", str(tmp_path / name)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (load_checkpoint(tmp_path / n / "last.pt") for n in ("one", "two"))
+    assert two.optimizer_spec["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # the default local perturbation under DDP is one-process m-sharpness with m = 16 / 2
+    _states_close(two, one, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "done"
