@@ -161,3 +161,23 @@ def test_bf16_sam_on_cpu_with_layernorm():
     x, y = batch()
     loss, logits = opt.train_step(ln, x, y, F.cross_entropy, autocast=p.autocast)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+
+
+def test_trainer_fp16_checkpoints_and_resumes_the_loss_scale(tmp_path):
+    from landscape.checkpoint import load_checkpoint
+    from landscape.config import SAMConfig, TrainConfig
+    from landscape.trainer import train
+
+    def cfg(epochs):
+        return TrainConfig(dataset="synthetic", dataset_kwargs={"num_samples": 64}, model="mlp",
+                           model_kwargs={"width": 8}, epochs=epochs, batch_size=32, precision="fp16",
+                           sam=SAMConfig(rho=0.05, variant="fisher"), out=str(tmp_path / "run"))
+
+    run = train(cfg(1), progress=False)
+    raw = torch.load(run / "last.pt", weights_only=True)
+    assert raw["rng"]["grad_scaler"]["scale"] == 65536.0
+    raw["rng"]["grad_scaler"]["scale"] = 1024.0  # as if overflows had lowered it
+    torch.save(raw, run / "last.pt")
+    train(cfg(2), progress=False)  # resumes; 2 more steps cannot grow the scale (interval 2000)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt.epoch == 2 and ckpt.raw["rng"]["grad_scaler"]["scale"] == 1024.0
