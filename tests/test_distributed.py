@@ -215,6 +215,13 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
             for x, y in global_batches():
                 _step(ddp, opt, D.shard(x, rank, world), D.shard(y, rank, world))
             results[name] = _state(model, opt)
+        # BatchNorm under DDP: per-replica statistics, frozen in SAM's second pass
+        model = bn_net()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        x, y = global_batches()[0]
+        SAM(ddp, torch.optim.SGD, rho=0.5, **BASE).train_step(ddp, D.shard(x, rank, world), D.shard(y, rank, world),
+                                                            F.cross_entropy)
+        results["bn"] = {k: v.clone() for k, v in model[1].state_dict().items() if "running" in k or "num_batches" in k}
         # fp16: an inf ascent gradient on rank 1 only must skip the step on both ranks
         model = ln_net().float()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -376,3 +383,20 @@ def test_torchrun_landscape_train_unchanged_command(tmp_path):
     # the default local perturbation under DDP is one-process m-sharpness with m = 16 / 2
     _states_close(two, one, atol=1e-5)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "done"
+
+
+def test_ddp_sam_bn_statistics_per_replica_and_frozen_in_second_pass(ddp_results):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x, _ = global_batches()[0]
+        for rank in range(WORLD):
+            ref = bn_net()
+            ref(D.shard(x, rank, WORLD))  # one train-mode forward at w on this replica's shard
+            got = ddp_results[rank]["bn"]
+            assert int(got["num_batches_tracked"]) == 1
+            torch.testing.assert_close(got["running_mean"], ref[1].running_mean, rtol=0, atol=1e-15)
+            torch.testing.assert_close(got["running_var"], ref[1].running_var, rtol=0, atol=1e-15)
+        assert not torch.allclose(ddp_results[0]["bn"]["running_mean"], ddp_results[1]["bn"]["running_mean"])
+    finally:
+        torch.set_default_dtype(old)

@@ -455,6 +455,9 @@ class SAM(OptimizerWrapper):
         First at ``w`` (gradients only for masked parameters), then at ``w + e`` (BatchNorm
         statistics frozen if ``freeze_bn_stats`` and a model was given). Gradients are cleared
         before each call. Returns the loss at ``w``. m-sharpness needs the batch, so it lives in
+        :meth:`train_step`. The closure's backward is the caller's, so the SAM-ON saving here
+        flips ``requires_grad`` outside the mask (:meth:`ascent_grads_only`) and under DDP the
+        ascent gradient would be all-reduced: with DistributedDataParallel use
         :meth:`train_step`.
         """
         if closure is None:
