@@ -37,8 +37,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _argparse_kwargs(tp: Any) -> dict[str, Any]:
-    """argparse keywords for an option of type ``tp`` (``X | None`` as X)."""
+def _argparse_kwargs(tp: Any, name: str) -> dict[str, Any]:
+    """argparse keywords for an option ``name`` of type ``tp`` (``X | None`` as X)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         tp = args[0]
@@ -49,10 +49,10 @@ def _argparse_kwargs(tp: Any) -> dict[str, Any]:
         values = typing.get_args(tp)
         return {"choices": values, "type": type(values[0])}
     if tp in (int, float, str):
-        return {"type": tp}
+        return {"type": tp, "metavar": name.upper()}
     if origin is tuple:
         elems = typing.get_args(tp)
-        return {"type": elems[0], "nargs": len(elems)}
+        return {"type": elems[0], "nargs": len(elems), "metavar": name.upper()}
     if tp is dict or origin is dict:
         return {"type": _kv, "nargs": "*", "metavar": "KEY=VALUE"}
     raise TypeError(f"no command-line form for an option of type {tp!r}")  # pragma: no cover
@@ -90,7 +90,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         if f.name in tables:
             continue
         p.add_argument(_flag(f.name), dest=f.name, default=None, help=docs.get(f.name),
-                       **_argparse_kwargs(hints[f.name]))
+                       **_argparse_kwargs(hints[f.name], f.name))
     top = {f.name for f in dataclasses.fields(TrainConfig)}
     short: dict[str, list[str]] = {}  # nested field -> tables that have it
     for table, cls in tables.items():
@@ -101,8 +101,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             if f.name == "variant":
                 flags.insert(0, f"--{table}")  # --sam VARIANT
             g.add_argument(*flags, dest=f"{table}.{f.name}", default=None, help=sub_docs.get(f.name),
-                           **_argparse_kwargs(sub_hints[f.name]))
-            if f.name not in top:
+                           **_argparse_kwargs(sub_hints[f.name], f.name))
+            if f.name not in top and f.name != "variant":  # --sam VARIANT is short already
                 short.setdefault(f.name, []).append(table)
         if not any(f.name == "variant" for f in dataclasses.fields(cls)):
             g.add_argument(f"--{table}", dest=f"{table}.on", action="store_true", default=None,
@@ -113,7 +113,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         g.add_argument(_flag(name), dest=f"any.{name}", default=None,
                        help=f"--{owners[0]}-{name.replace('_', '-')}"
                             + "".join(f" or --{o}-{name.replace('_', '-')}" for o in owners[1:]),
-                       **_argparse_kwargs(typing.get_type_hints(cls)[name]))
+                       **_argparse_kwargs(typing.get_type_hints(cls)[name], name))
     p.set_defaults(func=run_train)
     return p
 

@@ -13,7 +13,7 @@ import difflib
 import json
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -114,10 +114,97 @@ def _nested_type(tp: Any) -> type | None:
     return None
 
 
-def _literal_values(tp: Any) -> tuple | None:
+def _literal_values(tp: Any) -> tuple:
+    """The values of the ``Literal`` in ``tp`` (also inside ``X | None``), else ()."""
     if typing.get_origin(tp) is Literal:
         return typing.get_args(tp)
-    return None
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(v for a in typing.get_args(tp) for v in _literal_values(a))
+    return ()
+
+
+_NO = object()  # _conform's "does not fit"
+
+
+def _conform(value: Any, tp: Any, wrap: bool = True) -> Any:
+    """``value`` as the type ``tp`` accepts it (int widened to float, list to tuple), or ``_NO``.
+
+    Typing constructs not listed here (callables, Any, torch types...) are not checked.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        # exact types first (an int stays an int in int | float), a value wrapped in a tuple last
+        for w in (False, True):
+            for a in sorted(args, key=lambda a: a is float):
+                out = _conform(value, a, w)
+                if out is not _NO:
+                    return out
+        return _NO
+    if origin is Literal:
+        return value if any(value == a and type(value) is type(a) for a in args) else _NO
+    if tp is type(None):
+        return value if value is None else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:
+                return _NO
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    if origin is tuple:
+        homogeneous = len(args) == 2 and args[1] is Ellipsis
+        if homogeneous and wrap and not isinstance(value, (list, tuple)):
+            value = [value]  # one radius for a tuple of radii
+        if not isinstance(value, (list, tuple)) or (not homogeneous and args and len(value) != len(args)):
+            return _NO
+        elems = [args[0]] * len(value) if homogeneous else list(args) or [Any] * len(value)
+        out = tuple(_conform(v, t) for v, t in zip(value, elems))
+        return _NO if any(v is _NO for v in out) else out
+    if origin in (list, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return _NO
+        elem = args[0] if args else Any
+        out = [_conform(v, elem) for v in value]
+        return _NO if any(v is _NO for v in out) else (out if origin is list or isinstance(value, list) else tuple(out))
+    if tp is dict or origin in (dict, Mapping):
+        return value if isinstance(value, Mapping) else _NO
+    if isinstance(tp, type) and issubclass(tp, Options):
+        return value if isinstance(value, tp) else _NO
+    return value
+
+
+def _describe(tp: Any) -> str:
+    """What a type accepts, in words (for error messages)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return ", ".join(map(repr, args))
+    if isinstance(tp, type) and issubclass(tp, Options):
+        return f"a {tp.__name__} table"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"{_describe(args[0])} or a list of them"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin in (list, Sequence):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    names = {type(None): "None", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a table (dict)"}
+    if tp in names:
+        return names[tp]
+    if origin in (dict, Mapping):
+        return "a table (dict)"
+    return getattr(tp, "__name__", str(tp))
 
 
 @dataclass(frozen=True)
@@ -149,27 +236,38 @@ class Options:
             sub = _nested_type(hints[key])
             if sub is not None and isinstance(value, dict):
                 value = sub.from_dict(value, where=prefix + key)
-            elif isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
-                value = tuple(value)
             kwargs[key] = value
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
+        """Nested tables to dataclasses, ``_normalize``, strict type checks, then ``validate``.
+
+        Every field is checked against its type hint, so every options class gets the same
+        rules: bool is not int, no strings for numbers or booleans, an int is accepted (and
+        stored) as a float, lists become tuples of the right length and element types, a
+        single value stands for a one-element variable-length tuple, ``Literal`` values must
+        be listed, ``X | None`` accepts None. The message names the option, the value and what
+        is accepted.
+        """
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             sub = _nested_type(hints[f.name])
             if sub is not None and isinstance(value, dict):
                 # TrainConfig(sam={"rho": 0.1}) means TrainConfig(sam=SAMConfig(rho=0.1))
-                value = sub.from_dict(value, where=f.name)
-                object.__setattr__(self, f.name, value)
-            allowed = _literal_values(hints[f.name])
-            if allowed is not None and value not in allowed:
+                object.__setattr__(self, f.name, sub.from_dict(value, where=f.name))
+        self._normalize()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            conformed = _conform(value, hints[f.name])
+            if conformed is _NO:
+                allowed = _literal_values(hints[f.name]) or ()
                 raise ConfigError(
                     f"{type(self).__name__}.{f.name}={value!r} is not accepted" + did_you_mean(value, allowed)
-                    + f"; accepted: {', '.join(map(repr, allowed))}"
+                    + f"; accepted: {_describe(hints[f.name])}"
                 )
-        self._normalize()
+            if conformed is not value:
+                object.__setattr__(self, f.name, conformed)
         self.validate()
 
     @classmethod
@@ -378,17 +476,20 @@ class TrainConfig(Options):
         return d
 
     def _normalize(self) -> None:
-        if self.optimizer == "msam":  # the earlier spelling of MSAM (see the class docstring)
+        if self.optimizer == "msam" and self.base_optimizer in (None, "sgd", "adamw"):
+            # the earlier spelling of MSAM (see the class docstring)
             check(self.sam is None, "TrainConfig: choose either sam=... or optimizer='msam', not both")
             object.__setattr__(self, "optimizer", self.base_optimizer or "sgd")
             object.__setattr__(self, "msam", self.msam or MSAMConfig())
-        elif self.base_optimizer is not None and self.base_optimizer != self.optimizer:
+            object.__setattr__(self, "base_optimizer", None)
+        elif self.optimizer != "msam" and self.base_optimizer is not None and self.base_optimizer != self.optimizer:
             raise ConfigError(
                 f"TrainConfig.base_optimizer={self.base_optimizer!r} only applies with the legacy "
                 f"optimizer='msam'; the base optimizer is optimizer={self.optimizer!r}. Use "
                 "optimizer='sgd'|'adamw' and msam={...} (or sam={...}) for a sharpness-aware one"
             )
-        object.__setattr__(self, "base_optimizer", None)
+        elif self.optimizer != "msam":
+            object.__setattr__(self, "base_optimizer", None)
 
     @property
     def sharpness_aware(self) -> Literal["sam", "msam"] | None:

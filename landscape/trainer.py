@@ -128,11 +128,16 @@ def _config_for_compare(d: dict[str, Any], where: Path | None = None) -> dict[st
     return {k: v for k, v in d.items() if k not in RESUME_FREE_KEYS}
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _rng_state(state: LoopState) -> dict[str, Any]:
+    """What a resumed run needs besides weights and optimizer state to continue exactly: the
+    generator states and, with fp16, the gradient scaler's scale and growth counter."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": state.gen.get_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    scaler = state.step_kwargs.get("scaler")
+    if scaler is not None:
+        rng["grad_scaler"] = dict(scaler.state_dict())  # floats and ints
+    return rng
 
 
 def _set_rng_state(rng: Any, gen: torch.Generator, device: torch.device, path: Path) -> None:
@@ -215,6 +220,14 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool,
     env = env or D.DistEnv()
     train_ds = get_dataset(cfg.dataset, "train", root=cfg.data_root, augment=cfg.augment, **cfg.dataset_kwargs)
     test_ds = get_dataset(cfg.dataset, "test", root=cfg.data_root, **cfg.dataset_kwargs)
+    if cfg.channels_last and device.type != "cuda":
+        # torch 2.13's oneDNN backward of a strided 1x1 convolution in channels-last format
+        # corrupts the heap on one CPU thread (e.g. 4 -> 8 channels, stride 2: "free(): invalid
+        # next size"); the format is a GPU speed-up, so it is offered there only.
+        raise ConfigError(
+            f"TrainConfig.channels_last=True needs a CUDA device (device={cfg.device!r} resolved to "
+            f"{device.type}); on CPU use channels_last=False"
+        )
     if cfg.channels_last and len(train_ds.input_shape) != 3:
         raise ConfigError(
             f"TrainConfig.channels_last=True needs image inputs (C, H, W); {cfg.dataset} has input shape "
@@ -294,12 +307,19 @@ def _resume(state: LoopState, last: Path) -> None:
         base.load_state_dict(ckpt.optimizer_state)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{last}: its optimizer_state does not fit this optimizer: {e}") from None
-    _set_rng_state(ckpt.raw.get("rng"), state.gen, state.device, last)
-    scaler_state = (ckpt.raw.get("rng") or {}).get("grad_scaler")
-    if "scaler" in state.step_kwargs and isinstance(scaler_state, dict):
-        state.step_kwargs["scaler"].load_state_dict(scaler_state)  # fp16: the loss scale goes on
+    rng = ckpt.raw.get("rng")
+    _set_rng_state(rng, state.gen, state.device, last)
+    scaler = state.step_kwargs.get("scaler")
+    if scaler is not None and isinstance(rng.get("grad_scaler"), dict):
+        scaler.load_state_dict(rng["grad_scaler"])
     run_json = state.out / "run.json"
-    info = read_json(run_json) if run_json.exists() else {}
+    try:
+        info = read_json(run_json) if run_json.exists() else {}
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{run_json}: not valid JSON ({e}); the file is damaged: move it away to resume "
+            "without the earlier history"
+        ) from None
     # run.json is written before last.pt, so it may hold one epoch more than last.pt: that
     # epoch is trained again and recorded again.
     state.history = [h for h in _records(info, "history", run_json) if h["epoch"] <= ckpt.epoch]
@@ -476,11 +496,9 @@ def _check_compiled(state: LoopState, x: torch.Tensor, y: torch.Tensor) -> None:
 def _save(state: LoopState, names: list[str], metrics: dict[str, float]) -> None:
     if not state.is_main:
         return
-    rng = _rng_state(state.gen, state.device)
-    if "scaler" in state.step_kwargs:
-        rng["grad_scaler"] = state.step_kwargs["scaler"].state_dict()
     kwargs = dict(optimizer=state.optimizer, step=state.step, epoch=state.epoch, metrics=metrics,
-                  config=state.cfg_dict, optimizer_spec=state.optimizer_spec, rng=rng)
+                  config=state.cfg_dict, optimizer_spec=state.optimizer_spec,
+                  rng=_rng_state(state))
     for name in names:
         save_checkpoint(state.out / name, state.net, **kwargs)
 

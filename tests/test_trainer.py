@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -304,3 +305,160 @@ def test_demo_does_not_import_the_cli():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "landscape.cli" not in imported
+
+
+# ---- precision, memory format, compilation, dense checkpoints, diagnostics ------------------------
+
+
+def _dtypes_seen(model):
+    seen = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+    return seen
+
+
+def test_bf16_autocast_on_cpu_plain_and_sam(tmp_path, monkeypatch):
+    import landscape.trainer
+    from landscape.config import SAMConfig
+
+    real_build = landscape.trainer.build_model
+    hooks: list = []  # per run: the output dtypes of its Linear layers
+
+    def build_and_watch(*a, **kw):
+        model = real_build(*a, **kw)
+        hooks.append(_dtypes_seen(model))
+        return model
+
+    monkeypatch.setattr(landscape.trainer, "build_model", build_and_watch)
+    ref = load_checkpoint(train(_cfg(tmp_path, "fp32"), progress=False) / "last.pt")
+    for name, extra in (("bf16", {}), ("bf16-sam", {"sam": SAMConfig(rho=0.05)})):
+        run = train(_cfg(tmp_path, name, precision="bf16", **extra), progress=False)
+        assert torch.bfloat16 in hooks[-1]  # the forward ran under autocast
+        ck = load_checkpoint(run / "last.pt")
+        assert ck.config["precision"] == "bf16"
+        assert all(p.dtype == torch.float32 for p in ck.model.parameters())  # master weights stay fp32
+        if not extra:
+            for (k, a), b in zip(ref.model.state_dict().items(), ck.model.state_dict().values()):
+                assert torch.allclose(a, b, atol=0.05), k  # bf16 rounding, not another run
+    assert hooks[0] == {torch.float32}
+
+
+def test_fp16_grad_scaler_plain_step_and_skipped_inf_step():
+    from landscape.optim import train_step
+
+    torch.manual_seed(0)
+    # tanh, not ReLU: fp16 rounding may flip a ReLU near 0, a discrete change of the gradient
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    ref = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.float16)  # noqa: E731
+    hook = model[0].weight.register_hook(lambda g: g * float("inf"))
+    loss, _ = train_step(model, opt, x, y, torch.nn.functional.cross_entropy, autocast=autocast, scaler=scaler)
+    assert torch.isfinite(loss)
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), ref))  # the step was skipped
+    assert scaler.get_scale() == 2.0**9 and not opt.state  # scale halved, no momentum yet
+    hook.remove()
+    train_step(model, opt, x, y, torch.nn.functional.cross_entropy, autocast=autocast, scaler=scaler)
+    fp32 = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for p, r in zip(fp32.parameters(), ref):
+            p.copy_(r)
+    train_step(fp32, torch.optim.SGD(fp32.parameters(), lr=0.1, momentum=0.9), x, y, torch.nn.functional.cross_entropy)
+    for p, q in zip(model.parameters(), fp32.parameters()):
+        # steps of ~1e-2, fp16 rounding of ~1e-5: the same step, in half precision
+        assert not torch.equal(p, q) and torch.allclose(p, q, atol=1e-4)
+
+
+def test_fp16_run_records_precision_and_resumes_exactly(tmp_path):
+    run = train(_cfg(tmp_path, precision="fp16", epochs=3), progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["config"]["precision"] == "fp16" and all(math.isfinite(h["train_loss"]) for h in info["history"])
+    ck = load_checkpoint(run / "epoch_0002.pt")
+    assert ck.raw["rng"]["grad_scaler"]["scale"] > 0  # the loss scale travels with the checkpoint
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(run / "epoch_0002.pt", part / "last.pt")
+    resumed = train(_cfg(tmp_path, "part", precision="fp16", epochs=3), progress=False)
+    assert _states_equal(load_checkpoint(run / "last.pt"), load_checkpoint(resumed / "last.pt"))
+
+
+def test_channels_last_refused_on_cpu_and_for_non_images(tmp_path):
+    with pytest.raises(ConfigError, match="channels_last=True needs a CUDA device"):
+        train(_cfg(tmp_path, "cpu", channels_last=True, device="cpu",
+                   dataset_kwargs={"num_samples": 32, "input_shape": [3, 8, 8]}), progress=False)
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="channels_last=True needs image inputs"):
+            train(_cfg(tmp_path, "mlp", channels_last=True, device="cuda"), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="channels_last is a CUDA option")
+def test_channels_last_same_result_on_cuda(tmp_path):
+    kw = dict(dataset_kwargs={"num_samples": 64, "input_shape": [3, 8, 8], "num_classes": 3}, model="resnet_cifar",
+              model_kwargs={"depth": 8, "width": 8}, batch_size=16, device="cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    a = load_checkpoint(train(_cfg(tmp_path, "nchw", **kw), progress=False) / "last.pt")
+    b = load_checkpoint(train(_cfg(tmp_path, "nhwc", channels_last=True, **kw), progress=False) / "last.pt")
+    assert b.config["channels_last"] is True
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(va.float(), vb.float(), atol=1e-3), k
+
+
+def test_compile_is_checked_against_eager_on_the_first_batch(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import landscape.trainer
+
+    class Wrong(torch.nn.Module):  # a "compiled" model that computes something else
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) * 2.0
+
+    monkeypatch.setattr(landscape.trainer.torch, "compile", lambda net: Wrong(net))
+    with pytest.raises(TrainingError, match="compiled model's loss on the first batch"):
+        train(_cfg(tmp_path, "wrong", compile=True, model_kwargs={"width": 8, "norm": "batch"}), progress=False)
+    monkeypatch.setattr(landscape.trainer.torch, "compile", lambda net: net)
+    with caplog.at_level(logging.INFO, logger="landscape"):
+        run = train(_cfg(tmp_path, "same", compile=True, model_kwargs={"width": 8, "norm": "batch"}), progress=False)
+    assert "matches eager" in caplog.text
+    plain = train(_cfg(tmp_path, "plain", model_kwargs={"width": 8, "norm": "batch"}), progress=False)
+    # the check leaves no trace: BatchNorm statistics and weights as without it
+    assert _states_equal(load_checkpoint(run / "last.pt"), load_checkpoint(plain / "last.pt"))
+
+
+@pytest.mark.slow
+def test_torch_compile_real(tmp_path):
+    run = train(_cfg(tmp_path, compile=True, epochs=1), progress=False)
+    assert load_checkpoint(run / "last.pt").config["compile"] is True
+
+
+def test_save_every_steps_dense_checkpoints(tmp_path):
+    run = train(_cfg(tmp_path, epochs=2, save_every_steps=2), progress=False)  # 3 steps per epoch
+    steps = sorted(p.name for p in run.glob("step_*.pt"))
+    assert steps == ["step_00000002.pt", "step_00000004.pt", "step_00000006.pt"]
+    ck = load_checkpoint(run / "step_00000004.pt")
+    assert (ck.step, ck.epoch) == (4, 1) and set(ck.metrics) == {"train_loss", "lr"}
+    assert set(ck.momentum()) == {n for n, _ in ck.model.named_parameters()}
+    final = load_checkpoint(run / "step_00000006.pt")
+    assert _states_equal(final, load_checkpoint(run / "last.pt"))
+
+
+def test_diagnostics_every_records_optimizer_stats(tmp_path, monkeypatch):
+    from landscape.config import SAMConfig
+
+    # SAM's own last_stats (landscape.optim.SAM.train_step), every 2nd step
+    run = train(_cfg(tmp_path, epochs=2, diagnostics_every=2, sam=SAMConfig(rho=0.05)), progress=False)
+    diag = json.loads((run / "run.json").read_text())["diagnostics"]
+    assert [d["step"] for d in diag] == [2, 4, 6] and [d["epoch"] for d in diag] == [1, 2, 2]
+    for d in diag:
+        assert d["eps_norm"] == pytest.approx(0.05, rel=1e-5) and -1 <= d["grad_cosine"] <= 1  # ||e|| = rho
+        assert d["sharpness"] == pytest.approx(d["loss_perturbed"] - d["loss"]) and d["skipped"] == 0
+    # plain SGD (no last_stats): the step loss and lr only
+    monkeypatch.undo()
+    run = train(_cfg(tmp_path, "sgd", epochs=1, diagnostics_every=3), progress=False)
+    assert [set(d) for d in json.loads((run / "run.json").read_text())["diagnostics"]] == [{"epoch", "step", "lr", "loss"}]

@@ -9,6 +9,33 @@ import torch
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+# Generated data sets are refused above this many input values (4 GiB of float32) before any
+# memory is allocated: a typo such as num_samples=10**11 is an error, not an out-of-memory kill.
+MAX_VALUES = 2**30
+
+
+def check_num_samples(num_samples: object, values_per_example: int, dataset: str) -> int:
+    """``num_samples`` if it is a positive integer whose data fit :data:`MAX_VALUES`, else ``ConfigError``.
+
+    Example:
+        >>> check_num_samples(600, 40, "mnist1d")
+        600
+        >>> check_num_samples(-4, 40, "mnist1d")
+        Traceback (most recent call last):
+        ...
+        landscape.config.ConfigError: mnist1d: num_samples=-4 is not accepted; accepted: an integer >= 1 (at most 26843545 for 40 values per example)
+    """
+    from landscape.config import ConfigError
+
+    limit = max(1, MAX_VALUES // max(int(values_per_example), 1))
+    ok = isinstance(num_samples, int) and not isinstance(num_samples, bool) and 1 <= num_samples <= limit
+    if not ok:
+        raise ConfigError(
+            f"{dataset}: num_samples={num_samples!r} is not accepted; accepted: an integer >= 1 "
+            f"(at most {limit} for {values_per_example} values per example)"
+        )
+    return num_samples
+
 
 @dataclass
 class ArrayDataset:

@@ -89,6 +89,14 @@ class _ArrayUnpickler(pickle.Unpickler):
             ) from None
 
 
+class DataFileError(pickle.UnpicklingError, ValueError):
+    """A data file that cannot be read as what it should be (the message names the file).
+
+    A ``ValueError`` (bad input: exit status 2 on the command line) and, for code written
+    against earlier versions, a ``pickle.UnpicklingError``.
+    """
+
+
 def load_batch_file(path: str | os.PathLike) -> dict[bytes, object]:
     """Read one CIFAR batch pickle safely; keys are returned as ``bytes``.
 
@@ -103,9 +111,14 @@ def load_batch_file(path: str | os.PathLike) -> dict[bytes, object]:
         try:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: {e}") from None
+            raise DataFileError(f"{path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - empty, truncated or tampered: whatever unpickling raises
+            raise DataFileError(
+                f"{path}: not a readable CIFAR batch file ({type(e).__name__}: {e or 'no data'}); "
+                "is it truncated, empty or tampered with? Extract the archive again"
+            ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise DataFileError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {(k.encode() if isinstance(k, str) else k): v for k, v in obj.items()}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from landscape.atomic import atomic_write
-from landscape.data.base import ArrayDataset
+from landscape.data.base import ArrayDataset, check_num_samples
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
@@ -47,6 +47,7 @@ def mnist1d(split: str = "train", *, root=None, num_samples: int = 5000, seed: i
         >>> ds.x.shape
         torch.Size([1000, 40])
     """
+    check_num_samples(num_samples, 40, "mnist1d")
     path = data_dir(root) / f"mnist1d_n{num_samples}_s{seed}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:

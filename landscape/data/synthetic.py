@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from landscape.data.base import ArrayDataset
+from landscape.data.base import ArrayDataset, check_num_samples
 
 
 def synthetic(
@@ -29,6 +29,7 @@ def synthetic(
         (torch.Size([8, 3, 4, 4]), 2)
     """
     shape = tuple(int(s) for s in input_shape)
+    check_num_samples(num_samples, math.prod(shape), "synthetic")
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(num_classes, math.prod(shape), generator=g) * 2.0 / math.sqrt(math.prod(shape)) ** 0.5
     g_split = torch.Generator().manual_seed(seed * 1000 + {"train": 1, "test": 2}[split])
