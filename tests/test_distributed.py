@@ -400,3 +400,41 @@ def test_ddp_sam_bn_statistics_per_replica_and_frozen_in_second_pass(ddp_results
         assert not torch.allclose(ddp_results[0]["bn"]["running_mean"], ddp_results[1]["bn"]["running_mean"])
     finally:
         torch.set_default_dtype(old)
+
+
+@pytest.mark.slow
+def test_torchrun_sigkill_then_same_command_equals_uninterrupted(tmp_path):
+    """SIGKILL of the whole torchrun process group once a checkpoint exists, then the same command."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "--dataset", "synthetic", "--dataset-kwargs", "num_samples=256", "input_shape=[6]",
+            "--model", "mlp", "--model-kwargs", "width=8", "--epochs", "12", "--batch-size", "16",
+            "--sam", "sam", "--sam-rho", "0.1", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("WORLD_SIZE", None)
+
+    def cmd(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "landscape.cli", *args, "--out", str(out)]
+
+    full = subprocess.run(cmd(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "epoch_0002.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed_mid_run = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)  # launcher and both workers, no clean-up
+    proc.wait()
+    again = subprocess.run(cmd(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert killed_mid_run, "the run finished before it could be killed; raise --epochs"
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a.epoch == b.epoch == 12
+    _states_close(b, a, atol=0)
+    hist = json.loads((tmp_path / "killed" / "run.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, 13))
