@@ -86,6 +86,20 @@ def test_global_order_batch_sampler_matches_one_process():
         D.GlobalOrderBatchSampler(12, 4, rank=2, world_size=2)
 
 
+def test_compiled_ddp_model_is_recognised_and_exposes_no_sync(tmp_path):
+    """The trainer compiles the DDP wrapper (compile=True); SAM must still find ``no_sync``."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(nn.Linear(2, 2))
+        compiled = torch.compile(ddp)  # lazy: nothing is compiled until the first call
+        assert D.is_ddp(ddp) and D.is_ddp(compiled) and not D.is_ddp(nn.Linear(2, 2))
+        with compiled.no_sync():
+            assert not ddp.require_backward_grad_sync
+        assert not D.active() and D.world_size() == 1  # one process: no collectives needed
+    finally:
+        dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------- the scenarios
 def ln_net():
     torch.manual_seed(0)
