@@ -115,7 +115,7 @@ def test_fp16_sam_skips_step_with_inf_gradient(which):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), w))  # weights bit for bit
     assert all(torch.equal(opt.state[t]["momentum_buffer"], m) for t, m in zip(model.parameters(), mom))
     assert p.scaler.get_scale() == scale / 2  # the scaler saw the inf
-    assert bool(opt.last_stats["skipped"]) == (which == "ascent")
+    assert bool(opt.last_stats["skipped"])
     assert logits.shape == (32, 3) and math.isfinite(float(loss)) and not opt.perturbed
     opt.train_step(model, x, y, F.cross_entropy, autocast=p.autocast, scaler=p.scaler)  # training goes on
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), w))

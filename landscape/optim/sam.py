@@ -594,6 +594,8 @@ class SAM(OptimizerWrapper):
                         p.grad.div_(k)
         if stats:
             self.last_stats = self._stats(ascent_sum, eps_norms, losses2)
+            if use_scaler:  # GradScaler.step will skip the update iff a perturbed gradient is inf/NaN
+                self.last_stats["skipped"] = ~all_finite([p.grad for p in all_params if p.grad is not None])
         if use_scaler:
             scaler.step(self.base_optimizer)  # skips the update when the perturbed gradients are inf/NaN
             scaler.update()
