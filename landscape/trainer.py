@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landscape import distributed as D
 from landscape.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from landscape.config import ConfigError, TrainConfig, resolve_device
 from landscape.data import ArrayDataset, get_dataset
 from landscape.models import build_model
+from landscape.precision import Precision
 from landscape.progress import Progress
 from landscape.results import read_json, write_json
 
@@ -121,6 +123,8 @@ class LoopState:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     is_main: bool = True
+    dist_env: D.DistEnv = field(default_factory=D.DistEnv)  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK
+    backend: str = "none"  # torch.distributed backend ("none": one process)
     show_progress: bool = True
     bar: Progress | None = None
     check_compiled: bool = False  # compare the compiled and eager loss on the next batch
@@ -183,7 +187,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(cfg).__name__}")
+    env = D.env_from_environ()  # under torchrun: DDP over WORLD_SIZE processes; else one process
     device = resolve_device(cfg.device)
+    if env.distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
     out = Path(cfg.out)
     last = out / "last.pt"
     if last.exists() and not cfg.resume:
@@ -194,10 +202,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    own_group = env.distributed and not torch.distributed.is_initialized()
+    level = log.level
+    if not env.is_main:
+        log.setLevel(logging.WARNING)  # one log: rank 0's
     try:
+        backend = D.init_process_group(env, device)
         # Training uses torch's global RNG (init, dropout); fork it so the caller's state is untouched.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            state = _setup(cfg, out, device, progress)
+            state = _setup(cfg, out, device, progress, env, backend)
             if last.exists():
                 _resume(state, last)
                 if state.epoch >= cfg.epochs:
@@ -206,11 +219,16 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             return _run(state)
     finally:
         torch.set_num_threads(threads_before)  # the caller's setting, also after errors
+        log.setLevel(level)
+        if own_group:
+            D.destroy_process_group()
 
 
-def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) -> LoopState:
+def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool,
+           env: D.DistEnv | None = None, backend: str = "none") -> LoopState:
     from landscape.optim import build_optimizer, train_step
 
+    env = env or D.DistEnv()
     train_ds = get_dataset(cfg.dataset, "train", root=cfg.data_root, augment=cfg.augment, **cfg.dataset_kwargs)
     test_ds = get_dataset(cfg.dataset, "test", root=cfg.data_root, **cfg.dataset_kwargs)
     if cfg.channels_last and device.type != "cuda":
@@ -228,7 +246,16 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) ->
         )
     # m-sharpness needs every batch to split into chunks of m, so a short last batch is dropped.
     drop_last = cfg.sam is not None and cfg.sam.m is not None
-    steps_per_epoch = len(train_ds) // cfg.batch_size if drop_last else math.ceil(len(train_ds) / cfg.batch_size)
+    try:  # batch_size is the global batch; each of the world_size processes gets a slice of it
+        D.check_batch_size(cfg.batch_size, env.world_size)
+    except D.DistributedError as e:
+        raise ConfigError(f"TrainConfig: {e}") from None
+    if drop_last and (cfg.batch_size // env.world_size) % cfg.sam.m:
+        raise ConfigError(
+            f"TrainConfig: sam.m={cfg.sam.m} must divide the per-process batch {cfg.batch_size // env.world_size} "
+            f"(batch_size={cfg.batch_size} over {env.world_size} processes)"
+        )
+    steps_per_epoch = D.num_batches(len(train_ds), cfg.batch_size, env.world_size, drop_last)
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training examples")
     model_kwargs = {"input_shape": list(train_ds.input_shape), "num_classes": train_ds.num_classes, **cfg.model_kwargs}
@@ -238,7 +265,8 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) ->
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(net, cfg)
-    model = torch.compile(net) if cfg.compile else net
+    model = D.wrap_ddp(net, device, sync_bn=cfg.sync_bn)  # net itself without torchrun
+    model = torch.compile(model) if cfg.compile else model
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = _plain_json(asdict(cfg))
     return LoopState(
@@ -248,8 +276,10 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) ->
         train_ds=train_ds, test_ds=test_ds, gen=torch.Generator().manual_seed(cfg.seed),
         steps_per_epoch=steps_per_epoch, drop_last=drop_last,
         optimizer_spec={"name": cfg.sharpness_aware or cfg.optimizer,
-                        "kwargs": {"sam": cfg_dict["sam"], "msam": cfg_dict["msam"]}},
+                        "kwargs": {"sam": cfg_dict["sam"], "msam": cfg_dict["msam"]},
+                        "distributed": {"world_size": env.world_size, "backend": backend}},
         step_kwargs=_precision_kwargs(cfg, device),
+        is_main=env.is_main, dist_env=env, backend=backend,
         show_progress=progress,
         check_compiled=cfg.compile,
     )
@@ -257,12 +287,10 @@ def _setup(cfg: TrainConfig, out: Path, device: torch.device, progress: bool) ->
 
 def _precision_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """``train_step`` keywords for ``cfg.precision``: an autocast context and, for fp16, a scaler."""
-    if cfg.precision == "fp32":
-        return {}
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    kwargs: dict[str, Any] = {"autocast": lambda: torch.autocast(device.type, dtype=dtype)}
-    if cfg.precision == "fp16":
-        kwargs["scaler"] = torch.amp.GradScaler(device.type)
+    prec = Precision.make(cfg.precision, device)
+    kwargs: dict[str, Any] = {} if prec.name == "fp32" else {"autocast": prec.autocast}
+    if prec.scaler is not None:
+        kwargs["scaler"] = prec.scaler
     return kwargs
 
 
@@ -348,8 +376,9 @@ def _run(state: LoopState) -> Path:
 def _batches(state: LoopState) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This epoch's training batches, on the device (the data order comes from ``state.gen``)."""
     cfg = state.cfg
-    for x, y in state.train_ds.batches(cfg.batch_size, shuffle=True, generator=state.gen, augment=cfg.augment,
-                                       drop_last=state.drop_last):
+    # every rank draws the same global batches and keeps its slice (one process: the whole batch)
+    for x, y in D.sharded_batches(state.train_ds, cfg.batch_size, state.dist_env, shuffle=True, generator=state.gen,
+                                  augment=cfg.augment, drop_last=state.drop_last):
         x = x.to(state.device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -376,9 +405,10 @@ def _epoch(state: LoopState) -> None:
         recalibrate_bn(state.net, ((x.to(state.device), y) for x, y in state.train_ds.batches(cfg.batch_size)))
     test = evaluate(state.net, state.test_ds, max(cfg.batch_size, 256), state.device)
     state.epoch += 1
+    sums = D.reduce_metrics({"loss": loss_sum, "correct": correct})  # over ranks (one process: as is)
     metrics = {
-        "train_loss": loss_sum.item() / len(state.train_ds),
-        "train_acc": correct.item() / len(state.train_ds),
+        "train_loss": sums["loss"] / len(state.train_ds),
+        "train_acc": sums["correct"] / len(state.train_ds),
         "test_loss": test["loss"],
         "test_acc": test["acc"],
         "lr": state.optimizer.param_groups[0]["lr"],
@@ -405,6 +435,8 @@ def _step(state: LoopState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     if state.check_compiled:
         _check_compiled(state, x, y)
     loss, logits = state.train_step(state.model, state.optimizer, x, y, state.loss_fn, **state.step_kwargs)
+    if state.dist_env.distributed:  # the global batch's loss, so every rank takes the same decisions
+        loss = D.all_reduce_mean_([loss.detach().clone()])[0]
     loss_value = loss.item()  # the one host sync per step: divergence check and progress
     if not math.isfinite(loss_value):
         raise DivergedError(
@@ -432,7 +464,8 @@ def _record_diagnostics(state: LoopState, loss_value: float, lr: float) -> None:
     stats = getattr(state.optimizer, "last_stats", None)
     if stats:
         names = sorted(stats)
-        values = torch.stack([torch.as_tensor(stats[k]).detach().reshape(()).double().cpu() for k in names]).tolist()
+        values = torch.stack([torch.as_tensor(stats[k]).detach().reshape(()).double() for k in names])
+        values = D.all_reduce_mean_([values])[0].cpu().tolist()  # means over ranks
         entry.update(zip(names, values))
         if "loss_perturbed" in entry and state.cfg.sam is not None:
             # SAM's step loss is L(w) (its first pass); MSAM's only pass is at the shifted
@@ -495,7 +528,8 @@ def _save(state: LoopState, names: list[str], metrics: dict[str, float]) -> None
 def _write_run(state: LoopState, status: str, **extra: Any) -> None:
     if not state.is_main:
         return
-    info: dict[str, Any] = {"config": state.cfg_dict, "history": state.history}
+    info: dict[str, Any] = {"config": state.cfg_dict, "history": state.history,
+                            "distributed": {"world_size": state.dist_env.world_size, "backend": state.backend}}
     if state.cfg.diagnostics_every or state.diagnostics:
         info["diagnostics"] = state.diagnostics
     write_json(state.out / "run.json", {**info, "status": status, **extra})

@@ -345,3 +345,60 @@ def test_bad_input():
         opt.step()
     with pytest.raises(RuntimeError, match="without first_step"):
         opt.second_step()
+
+
+def _backward_flops(opt, model, x, y):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, opt, x, y, F.cross_entropy)
+    return counter.get_total_flops()
+
+
+def test_sam_on_ascent_pass_does_less_work_without_touching_requires_grad():
+    """The SAM-ON saving (SAM-ON Section 4.3) comes from backward(inputs=masked): autograd skips the
+    weight gradients outside the mask. It must remain, and requires_grad must never flip (DDP)."""
+    model = build_model("mlp", input_shape=(32,), num_classes=4, width=64, depth=3, norm="batch")
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    flags = []  # requires_grad of every parameter at every forward pass
+    model.register_forward_pre_hook(lambda mod, args: flags.append(all(p.requires_grad for p in mod.parameters())))
+    flops = {}
+    for name, kw in {"all": {}, "norm": {"mask": "norm"}}.items():
+        for ascent_all in (False, True):
+            opt = SAM(model, torch.optim.SGD, rho=0.05, lr=0.0, **kw)
+            opt._ascent_all = ascent_all
+            flops[name, ascent_all] = _backward_flops(opt, model, x, y)
+    assert flops["all", False] == flops["all", True] == flops["norm", True]
+    assert flops["norm", False] < 0.85 * flops["norm", True]  # no weight-gradient matmuls in pass 1
+    assert len(flags) == 8 and all(flags)
+
+
+def test_last_stats_are_the_step_quantities(f64):
+    model = tiny()
+    x, y = data()
+    rho = 0.3
+    g = grads_at(model, x, y)
+    norm = torch.sqrt(sum((t**2).sum() for t in g.values()))
+    eps = {n: rho * t / norm for n, t in g.items()}
+    g2 = grads_at(model, x, y, delta=eps)
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in m2.named_parameters():
+            p.add_(eps[n])
+    loss2 = F.cross_entropy(m2(x), y).detach()
+    opt = SAM(model, torch.optim.SGD, rho=rho, lr=0.1)
+    train_step(model, opt, x, y, F.cross_entropy)
+    st = opt.last_stats
+    assert all(v.ndim == 0 for v in st.values()) and not bool(st["skipped"])
+    assert float(st["eps_norm"]) == pytest.approx(rho, rel=1e-10)
+    cos = sum((g[n] * g2[n]).sum() for n in g) / torch.sqrt(sum((t**2).sum() for t in g.values()) * sum((t**2).sum() for t in g2.values()))
+    assert float(st["grad_cosine"]) == pytest.approx(float(cos), rel=1e-6)
+    assert float(st["loss_perturbed"]) == pytest.approx(float(loss2), rel=1e-12)
+    # SAM-ON: over the masked parameters only; m-sharpness: means over chunks; off: nothing
+    opt = SAM(model, torch.optim.SGD, rho=rho, mask="norm", m=4, lr=0.1)
+    train_step(model, opt, x, y, F.cross_entropy)
+    assert float(opt.last_stats["eps_norm"]) == pytest.approx(rho, rel=1e-10)
+    assert -1 <= float(opt.last_stats["grad_cosine"]) <= 1
+    opt.collect_stats = False
+    train_step(model, opt, x, y, F.cross_entropy)
+    assert opt.last_stats == {}

@@ -457,25 +457,15 @@ def test_save_every_steps_dense_checkpoints(tmp_path):
 
 
 def test_diagnostics_every_records_optimizer_stats(tmp_path, monkeypatch):
-    import landscape.optim
     from landscape.config import SAMConfig
 
-    real = landscape.optim.train_step
-
-    def with_stats(model, opt, x, y, loss_fn, **kw):
-        loss, logits = real(model, opt, x, y, loss_fn, **kw)
-        if not hasattr(opt, "last_stats") or opt.last_stats is None or "marker" in opt.last_stats:
-            opt.last_stats = {"eps_norm": torch.tensor(0.05), "grad_cosine": torch.tensor(0.9),
-                              "loss_perturbed": loss + 0.25, "marker": torch.tensor(1.0)}
-        return loss, logits
-
-    monkeypatch.setattr(landscape.optim, "train_step", with_stats)
+    # SAM's own last_stats (landscape.optim.SAM.train_step), every 2nd step
     run = train(_cfg(tmp_path, epochs=2, diagnostics_every=2, sam=SAMConfig(rho=0.05)), progress=False)
     diag = json.loads((run / "run.json").read_text())["diagnostics"]
     assert [d["step"] for d in diag] == [2, 4, 6] and [d["epoch"] for d in diag] == [1, 2, 2]
     for d in diag:
-        assert d["eps_norm"] == pytest.approx(0.05) and d["grad_cosine"] == pytest.approx(0.9)
-        assert d["sharpness"] == pytest.approx(0.25, abs=1e-6) and d["loss_perturbed"] == pytest.approx(d["loss"] + 0.25)
+        assert d["eps_norm"] == pytest.approx(0.05, rel=1e-5) and -1 <= d["grad_cosine"] <= 1  # ||e|| = rho
+        assert d["sharpness"] == pytest.approx(d["loss_perturbed"] - d["loss"]) and d["skipped"] == 0
     # plain SGD (no last_stats): the step loss and lr only
     monkeypatch.undo()
     run = train(_cfg(tmp_path, "sgd", epochs=1, diagnostics_every=3), progress=False)

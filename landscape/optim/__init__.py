@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -71,19 +70,11 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.msam is not None:
         return MSAM(model, cls, rho=cfg.msam.rho, **kwargs)
     if cfg.sam is not None:
-        return SAM(model, cls, **dataclasses.asdict(cfg.sam), **kwargs)
+        return SAM(model, cls, **dataclasses.asdict(cfg.sam), ddp_perturbation=cfg.ddp_perturbation, **kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return cls(params, **kwargs)
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def train_step(
@@ -105,10 +96,15 @@ def train_step(
       base step with the mean of the chunks' gradients;
     * :class:`MSAM`: shift, forward/backward at the shifted weights, unshift, base step.
 
-    Mixed precision: ``autocast`` (a function returning a context, e.g.
-    ``lambda: torch.autocast("cpu", dtype=torch.bfloat16)``) wraps the forward passes;
-    ``scaler`` (fp16) scales the loss, and a step whose gradients are not finite is skipped by
-    ``GradScaler.step``. SAM/MSAM receive both when their ``train_step`` takes them.
+    Mixed precision (:class:`landscape.precision.Precision` makes both): ``autocast`` (a
+    function returning a context, e.g. ``lambda: torch.autocast("cpu", dtype=torch.bfloat16)``)
+    wraps the forward passes; ``scaler`` (fp16) scales the loss, and a step whose gradients are
+    not finite is skipped (SAM: the ascent gradient is unscaled before its norm, and an inf/NaN
+    in either pass skips both the ascent and the descent, weights unchanged).
+
+    ``model`` may be wrapped in ``DistributedDataParallel`` (``x, y``: this replica's shard):
+    plain and MSAM steps all-reduce in their one backward; SAM's ascent pass runs under
+    ``no_sync`` (see ``SAM(ddp_perturbation=...)``).
 
     The model's train/eval mode is the caller's choice. ``loss_fn`` must return the mean loss.
 
@@ -117,22 +113,7 @@ def train_step(
         for plain and SAM; at the shifted weights, its only pass, for MSAM).
     """
     if isinstance(optimizer, (SAM, MSAM)):
-        kwargs: dict = {}
-        if scaler is not None:
-            if not _accepts(optimizer.train_step, "scaler"):
-                raise ValueError(
-                    f"precision='fp16' (a GradScaler) is not supported by this {type(optimizer).__name__}: its "
-                    "ascent norm must be taken on unscaled gradients; use precision='bf16' or 'fp32'"
-                )
-            kwargs["scaler"] = scaler
-        if autocast is not None and _accepts(optimizer.train_step, "autocast"):
-            kwargs["autocast"] = autocast
-        elif autocast is not None:
-            # Autocast only changes the dtype of the forward's ops: around the whole step it
-            # covers both passes, and the perturbation arithmetic on fp32 parameters is unchanged.
-            with autocast():
-                return optimizer.train_step(model, x, y, loss_fn, **kwargs)
-        return optimizer.train_step(model, x, y, loss_fn, **kwargs)
+        return optimizer.train_step(model, x, y, loss_fn, autocast=autocast, scaler=scaler)
     optimizer.zero_grad(set_to_none=True)
     with autocast() if autocast is not None else contextlib.nullcontext():
         logits = model(x)

@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 
-from landscape.optim.sam import OptimizerWrapper, _named_params
+from landscape.optim.sam import OptimizerWrapper, _cosine, _named_params
+from landscape.precision import all_finite, scaled, scaler_enabled
 
 
 def _buffer_key(cls: type[torch.optim.Optimizer]) -> str:
@@ -65,6 +68,8 @@ class MSAM(OptimizerWrapper):
     Attributes:
         rho_active: set to False to take plain base-optimizer steps (rho = 0, e.g. during
             warm-up); the trainer sets it every step.
+        collect_stats: when True (default), :meth:`train_step` leaves ``last_stats`` (0-d
+            tensors, no host sync): ``momentum_cosine`` and ``skipped``.
 
     Between steps the parameters are the unshifted ones. :meth:`step` takes a closure (forward
     + backward, returns the loss) evaluated at the shifted weights; :meth:`train_step` is the
@@ -85,6 +90,8 @@ class MSAM(OptimizerWrapper):
         self.model = model
         self.rho = float(rho)
         self.rho_active = True
+        self.collect_stats = True
+        self.last_stats: dict[str, torch.Tensor] = {}
         self._key = key
         self._decoupled = issubclass(base_optimizer_class, torch.optim.AdamW)
         self._backup: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -152,16 +159,64 @@ class MSAM(OptimizerWrapper):
         self.base_optimizer.step()
         return loss
 
-    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-        """One MSAM step on a batch; see :func:`landscape.optim.train_step`."""
-        out: list[torch.Tensor] = []
+    def train_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        *,
+        autocast: Callable[[], Any] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MSAM step on a batch; see :func:`landscape.optim.train_step`.
 
-        def closure():
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            out.append(logits.detach())
-            return loss.detach()
+        ``model`` may be wrapped in ``DistributedDataParallel``: its backward all-reduces the
+        gradient, so every replica applies the same update and the momentum buffers (the shift
+        direction, normed over all parameters) stay identical across replicas. ``autocast`` and
+        ``scaler`` as for :meth:`SAM.train_step`: fp16 gradients are unscaled before the
+        weight-decay shift term is added, and an inf/NaN step is skipped with the weights
+        restored. Sets ``last_stats`` (``momentum_cosine``: cosine between the momentum vector
+        used for the shift and the gradient at the shifted weights, NaN before the first step;
+        ``skipped``) when ``collect_stats``.
+        """
+        amp = autocast or nullcontext
+        use_scaler = scaler_enabled(scaler)
+        self.zero_grad(set_to_none=True)
+        self.last_stats = {}
+        momenta = self._momenta() if self.collect_stats else []
+        self.shift()
+        try:
+            with amp():
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            scaled(loss, scaler).backward()
+            if use_scaler:
+                scaler.unscale_(self.base_optimizer)  # the decay term below is added unscaled
+        finally:
+            self.unshift()
+        if self.collect_stats:
+            self.last_stats = self._stats(momenta, logits)
+        if use_scaler:
+            scaler.step(self.base_optimizer)  # skipped (weights already restored) on inf/NaN
+            scaler.update()
+            if self.collect_stats:
+                grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+                self.last_stats["skipped"] = ~all_finite(grads)
+        else:
+            self.base_optimizer.step()
+        return loss.detach(), logits.detach()
 
-        loss = self.step(closure)
-        return loss, out[0]
+    def _momenta(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, its momentum vector); read before the base step updates it, so no copy."""
+        return [(p, self.state[p][self._key]) for g in self.param_groups for p in g["params"]
+                if self._key in self.state.get(p, {})]
+
+    @torch.no_grad()
+    def _stats(self, momenta, logits) -> dict[str, torch.Tensor]:
+        pairs = [(v, p.grad) for p, v in momenta if p.grad is not None]
+        if pairs:
+            cos = _cosine([v for v, _ in pairs], [g for _, g in pairs])
+        else:
+            cos = torch.full((), math.nan, device=logits.device)
+        return {"momentum_cosine": cos, "skipped": torch.zeros((), dtype=torch.bool, device=logits.device)}

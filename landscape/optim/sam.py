@@ -53,8 +53,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape import distributed as D
 from landscape import params as P
+from landscape.checkpoint import unwrap
 from landscape.optim.bn import frozen_bn_stats
+from landscape.precision import all_finite, scaled, scaler_enabled
 
 # variant -> (p, default eta); SAM-ON Table 9 and Appendix A.1 ("For each of the ASAM-variants,
 # we normalize both bias and weight parameters and set eta = 0"; the original ASAM uses 0.01).
@@ -68,6 +71,10 @@ VARIANTS: dict[str, tuple[float, float | None]] = {
 }
 
 MASKS = ("all", "norm", "no-norm", "random", "blocks")
+
+# Under DistributedDataParallel: each replica's own perturbation (m-sharpness with m = the
+# per-replica batch, SAM Sections 3.1 and 4.1) or one perturbation from the all-reduced gradient.
+DDP_PERTURBATIONS = ("local", "global")
 
 
 class OptimizerWrapper(torch.optim.Optimizer):
@@ -146,6 +153,7 @@ class OptimizerWrapper(torch.optim.Optimizer):
 def _named_params(model_or_params) -> tuple[nn.Module | None, list[tuple[str, nn.Parameter]], list]:
     """(model or None, [(name, param)] trainable, what to hand to the base optimizer)."""
     if isinstance(model_or_params, nn.Module):
+        model_or_params = unwrap(model_or_params)  # DDP / torch.compile: the same parameters, plain names
         named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"{type(model_or_params).__name__} has no trainable parameters")
@@ -199,7 +207,21 @@ class SAM(OptimizerWrapper):
         mask_seed: seed of the ``random`` mask.
         freeze_bn_stats: leave BatchNorm running statistics untouched by the forward pass at the
             perturbed point (in :meth:`train_step` and :meth:`step`).
+        ddp_perturbation: under ``DistributedDataParallel`` (:meth:`train_step` with a DDP
+            model): ``"local"`` (default) gives each replica its own perturbation from its own
+            gradient, m-sharpness with m = the per-replica batch (SAM Sections 3.1, 4.1), with
+            the ascent backward under ``no_sync`` (no all-reduce); ``"global"`` all-reduces the
+            ascent gradient first, so every replica takes the same perturbation, as one process
+            on the global batch would. Either way the perturbed gradients are all-reduced once.
         **base_kwargs: passed to the base optimizer (``lr``, ``momentum``, ``weight_decay``...).
+
+    Attributes:
+        collect_stats: when True (default), :meth:`train_step` leaves ``last_stats``: 0-d
+            tensors (no host sync) ``eps_norm`` (``||e||_2``), ``grad_cosine`` (cosine between
+            the ascent gradient at ``w`` and the gradient of the update, at ``w + e``, over the
+            masked parameters: the only ones the ascent pass differentiates), ``loss_perturbed``
+            (``L(w + e)`` from the second pass) and ``skipped`` (fp16: the step had inf/NaN
+            gradients and was skipped). Under m-sharpness: means over the chunks.
 
     The usual two-pass API::
 
@@ -208,9 +230,11 @@ class SAM(OptimizerWrapper):
         loss_fn(model(x), y).backward()
         opt.second_step(zero_grad=True)    # back to w exactly, then the base step
 
-    :meth:`train_step` does that plus m-sharpness, frozen BatchNorm statistics in the second pass
-    and the SAM-ON saving: the first backward pass computes gradients only for parameters in
-    the mask (SAM-ON Section 4.3), the others get ``requires_grad=False`` meanwhile.
+    :meth:`train_step` does that plus m-sharpness, frozen BatchNorm statistics in the second pass,
+    DDP, mixed precision, and the SAM-ON saving: the first backward pass differentiates only the
+    parameters in the mask (``backward(inputs=masked)``, SAM-ON Section 4.3), so autograd skips
+    the weight-gradient work of the others without touching ``requires_grad`` (which DDP's
+    reducer would reject).
     """
 
     def __init__(
@@ -226,10 +250,15 @@ class SAM(OptimizerWrapper):
         blocks: str = "",
         mask_seed: int = 0,
         freeze_bn_stats: bool = True,
+        ddp_perturbation: str = "local",
         **base_kwargs,
     ):
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
             raise ValueError(f"SAM: rho must be a finite number >= 0, got {rho!r}")
+        if ddp_perturbation not in DDP_PERTURBATIONS:
+            raise ValueError(
+                f"SAM: ddp_perturbation={ddp_perturbation!r} is not known; accepted: {', '.join(DDP_PERTURBATIONS)}"
+            )
         if variant not in VARIANTS:
             raise ValueError(f"SAM: unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
@@ -263,6 +292,11 @@ class SAM(OptimizerWrapper):
         self.blocks = blocks
         self.mask_seed = mask_seed
         self.freeze_bn_stats = bool(freeze_bn_stats)
+        self.ddp_perturbation = ddp_perturbation
+        self.collect_stats = True
+        self.last_stats: dict[str, torch.Tensor] = {}
+        # ablation switch for benchmarks: differentiate every parameter in the ascent pass
+        self._ascent_all = False
         self._entries = self._build_mask(model, named, mask, blocks, mask_seed)
         in_mask = {id(e.param) for e in self._entries}
         # parameters whose ascent gradient is never needed (SAM-ON Section 4.3)
@@ -412,6 +446,9 @@ class SAM(OptimizerWrapper):
         First at ``w`` (gradients only for masked parameters), then at ``w + e`` (BatchNorm
         statistics frozen if ``freeze_bn_stats`` and a model was given). Gradients are cleared
         before each call. Returns the loss at ``w``. m-sharpness needs the batch, so it lives in
+        :meth:`train_step`. The closure's backward is the caller's, so the SAM-ON saving here
+        flips ``requires_grad`` outside the mask (:meth:`ascent_grads_only`) and under DDP the
+        ascent gradient would be all-reduced: with DistributedDataParallel use
         :meth:`train_step`.
         """
         if closure is None:
@@ -433,32 +470,107 @@ class SAM(OptimizerWrapper):
         self.second_step()
         return loss
 
-    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-        """A full SAM step on one batch; see :func:`landscape.optim.train_step`."""
+    def _ascent_inputs(self) -> list[nn.Parameter]:
+        if self._ascent_all:
+            return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        return [e.param for e in self._entries]
+
+    def _skip_step(self, scaler: torch.amp.GradScaler) -> None:
+        """fp16: an ascent gradient was inf/NaN on some replica; skip the step on all of them.
+
+        The scaler learns it the standard way (``step`` finds an inf gradient and skips the base
+        optimizer, ``update`` lowers the scale and resets its growth counter), so its state
+        matches a skipped plain step; the weights and the optimizer state are untouched.
+        """
+        self.zero_grad(set_to_none=True)
+        p = self._entries[0].param
+        p.grad = torch.full_like(p, math.inf)
+        scaler.step(self.base_optimizer)
+        scaler.update()
+        self.zero_grad(set_to_none=True)
+
+    def train_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        *,
+        autocast: Callable[[], Any] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A full SAM step on one batch; see :func:`landscape.optim.train_step`.
+
+        ``model`` may be wrapped in ``DistributedDataParallel`` (then ``x, y`` are this replica's
+        shard; see ``ddp_perturbation``). ``autocast``: a zero-argument context factory for the
+        forward passes (``landscape.precision.Precision.autocast``); ``scaler``: a
+        ``torch.amp.GradScaler`` for fp16 (its ``step``/``update`` are called here).
+        """
         n = x.shape[0]
         if self.m is not None and n % self.m:
             raise ValueError(f"SAM: m={self.m} must divide the batch size {n} (m-sharpness splits the batch into chunks of m)")
         k = 1 if self.m is None else n // self.m
-        xs, ys = (x, y) if k == 1 else (x.split(self.m), y.split(self.m))
-        chunks = [(x, y)] if k == 1 else list(zip(xs, ys))
-        losses, logits_all = [], []
-        acc: list[torch.Tensor | None] | None = None
+        chunks = [(x, y)] if k == 1 else list(zip(x.split(self.m), y.split(self.m)))
+        amp = autocast or nullcontext
+        use_scaler = scaler_enabled(scaler)
+        ddp = D.is_ddp(model)
+        global_eps = ddp and self.ddp_perturbation == "global" and D.active()
+        stats = self.collect_stats
+        inputs = self._ascent_inputs()
         all_params = [p for g in self.param_groups for p in g["params"]]
-        for xc, yc in chunks:
+        losses, losses2, logits_all, eps_norms = [], [], [], []
+        acc: list[torch.Tensor | None] | None = None  # sum of the earlier chunks' perturbed gradients
+        ascent_sum: list[torch.Tensor] | None = None  # (stats) sum of the masked ascent gradients
+        self.last_stats = {}
+        for j, (xc, yc) in enumerate(chunks):
+            last = j == k - 1
             self.zero_grad(set_to_none=True)
-            with self.ascent_grads_only():
-                logits = model(xc)
-                loss = loss_fn(logits, yc)
-                loss.backward()
+            # ascent pass at w: this replica's gradient only (no all-reduce), masked parameters only
+            with model.no_sync() if ddp else nullcontext():
+                with amp():
+                    logits = model(xc)
+                    loss = loss_fn(logits, yc)
+                torch.autograd.backward(scaled(loss, scaler), inputs=inputs)
             losses.append(loss.detach())
             logits_all.append(logits.detach())
+            grads = [e.param.grad for e in self._entries if e.param.grad is not None]
+            if use_scaler:
+                bad = ~all_finite(grads)
+                if ddp:
+                    bad = D.all_reduce_max(bad.to(torch.uint8)).bool()  # every replica must agree
+                if bool(bad):  # host sync; GradScaler.step syncs anyway
+                    self._skip_step(scaler)
+                    return self._skipped_result(model, chunks[j + 1:], losses, logits_all, amp)
+                inv = 1.0 / scaler.get_scale()
+                for g in grads:
+                    g.mul_(inv)
+            if global_eps:
+                D.all_reduce_mean_(grads)
+            if stats:
+                with torch.no_grad():
+                    if ascent_sum is None:
+                        ascent_sum = [g if k == 1 else g.clone() for g in grads]
+                    else:
+                        for a, g in zip(ascent_sum, grads):
+                            a.add_(g)
             self.first_step(zero_grad=True)
+            if stats:
+                with torch.no_grad():
+                    eps_norms.append(torch.linalg.vector_norm(torch.stack(
+                        [torch.linalg.vector_norm(e.param - w) for e, w in zip(self._entries, self._backup)])))
+            if last and acc is not None:  # the synced backward adds the last chunk and all-reduces the sum
+                for p, a in zip(all_params, acc):
+                    p.grad = a
             try:
-                with self._second_pass_context(model):
-                    loss_fn(model(xc), yc).backward()
+                # second pass at w + e; under DDP the last one all-reduces (once per step)
+                with model.no_sync() if ddp and not last else nullcontext(), self._second_pass_context(model):
+                    with amp():
+                        loss2 = loss_fn(model(xc), yc)
+                    scaled(loss2, scaler).backward()
             finally:
                 self.restore()
-            if k > 1:
+            losses2.append(loss2.detach())
+            if not last:
                 with torch.no_grad():
                     if acc is None:
                         acc = [None if p.grad is None else p.grad.detach().clone() for p in all_params]
@@ -467,8 +579,49 @@ class SAM(OptimizerWrapper):
                             if p.grad is not None:
                                 acc[i] = p.grad.detach().clone() if acc[i] is None else acc[i].add_(p.grad)
         if k > 1:
-            for p, a in zip(all_params, acc):
-                p.grad = None if a is None else a.div_(k)
-        self.base_optimizer.step()
+            with torch.no_grad():
+                for p in all_params:
+                    if p.grad is not None:
+                        p.grad.div_(k)
+        if stats:
+            self.last_stats = self._stats(ascent_sum, eps_norms, losses2)
+            if use_scaler:  # GradScaler.step will skip the update iff a perturbed gradient is inf/NaN
+                self.last_stats["skipped"] = ~all_finite([p.grad for p in all_params if p.grad is not None])
+        if use_scaler:
+            scaler.step(self.base_optimizer)  # skips the update when the perturbed gradients are inf/NaN
+            scaler.update()
+        else:
+            self.base_optimizer.step()
         mean_loss = losses[0] if k == 1 else torch.stack(losses).mean()
         return mean_loss, logits_all[0] if k == 1 else torch.cat(logits_all)
+
+    @torch.no_grad()
+    def _stats(self, ascent: list[torch.Tensor] | None, eps_norms, losses2) -> dict[str, torch.Tensor]:
+        step_grads = [e.param.grad for e in self._entries if e.param.grad is not None]
+        cos = _cosine(ascent or [], step_grads) if ascent is not None and len(ascent) == len(step_grads) else None
+        ref = losses2[0]
+        return {
+            "eps_norm": torch.stack(eps_norms).mean(),
+            "grad_cosine": cos if cos is not None else torch.full((), math.nan, device=ref.device),
+            "loss_perturbed": torch.stack(losses2).mean(),
+            "skipped": torch.zeros((), dtype=torch.bool, device=ref.device),
+        }
+
+    def _skipped_result(self, model, rest, losses, logits_all, amp) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of a skipped fp16 step (the remaining chunks only evaluated, at ``w``)."""
+        with torch.no_grad(), self._second_pass_context(model), amp():
+            for xc, _ in rest:
+                logits_all.append(model(xc).detach())
+        nan = torch.full((), math.nan, device=losses[0].device)
+        if self.collect_stats:
+            self.last_stats = {"eps_norm": torch.zeros_like(nan), "grad_cosine": nan, "loss_perturbed": nan,
+                               "skipped": torch.ones((), dtype=torch.bool, device=nan.device)}
+        return torch.stack(losses).mean(), torch.cat(logits_all)
+
+
+def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Cosine between two lists of tensors seen as one flat vector each (NaN if either is 0)."""
+    dot = torch.stack([(u.double() * v.double()).sum() for u, v in zip(a, b)]).sum()
+    na = torch.stack([u.double().square().sum() for u in a]).sum().sqrt()
+    nb = torch.stack([v.double().square().sum() for v in b]).sum().sqrt()
+    return (dot / (na * nb)).float()
