@@ -43,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,29 +88,21 @@ def class_targets(output: Tensor, target: Tensor) -> bool:
 
 
 def import_object(path: str, what: str = "object"):
-    """The object named by ``"package.module:attr"`` (``attr`` may be dotted).
-
-    Raises ``ValueError`` naming the path, what is missing and the accepted form (one message
-    for every caller: losses, ``batch_fn``, ``output_fn``).
+    """The object named by ``"package.module:attr"``, through the one import-path resolver
+    :func:`landscape.specs.import_object`; its message is prefixed by ``what`` (loss, batch_fn,
+    output_fn).
 
     Example:
         >>> import_object("torch.nn.functional:cross_entropy").__name__
         'cross_entropy'
     """
-    module, sep, attr = path.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"{what} {path!r} is not an import path; accepted: 'package.module:attr'")
+    from landscape.specs import SpecError
+    from landscape.specs import import_object as resolve
+
     try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"{what} {path!r}: cannot import module {module!r} ({e}); "
-                         "is it on PYTHONPATH (or next to the script)?") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{what} {path!r}: module {module!r} has no attribute {attr!r}") from None
-    return obj
+        return resolve(path)
+    except SpecError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def describe(obj) -> str:
