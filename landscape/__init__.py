@@ -46,6 +46,7 @@ _API: dict[str, str] = {
     "build_optimizer": "landscape.optim",
     "train_step": "landscape.optim",
     "recalibrate_bn": "landscape.optim",
+    "Precision": "landscape.precision",
     # checkpoints
     "save_checkpoint": "landscape.checkpoint",
     "load_checkpoint": "landscape.checkpoint",
@@ -54,6 +55,9 @@ _API: dict[str, str] = {
     "CheckpointError": "landscape.checkpoint",
     # analyses
     "Objective": "landscape.objective",
+    "ObjectiveOptions": "landscape.objective",
+    "resolve_loss": "landscape.losses",
+    "Loss": "landscape.losses",
     "hessian_spectrum": "landscape.analyses.hessian",
     "HessianOptions": "landscape.analyses.hessian",
     "lanczos": "landscape.analyses.lanczos",
