@@ -237,7 +237,13 @@ class Options:
             if sub is not None and isinstance(value, dict):
                 value = sub.from_dict(value, where=prefix + key)
             kwargs[key] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            # name the table the values came from (e.g. "hessian: HessianOptions.tol=...")
+            if where and not str(e).startswith(f"{where}:"):
+                raise ConfigError(f"{where}: {e}") from None
+            raise
 
     def __post_init__(self) -> None:
         """Nested tables to dataclasses, ``_normalize``, strict type checks, then ``validate``.

@@ -89,3 +89,12 @@ def test_helpers_written_once(tmp_path):
     assert str(config.resolve_device("cpu")) == "cpu"
     with pytest.raises(ConfigError, match="accepted: auto, cpu, cuda, cuda:N"):
         config.resolve_device("gpu")
+
+
+def test_errors_name_the_table_the_values_came_from():
+    from landscape.analyses.hessian import HessianOptions
+
+    with pytest.raises(ConfigError, match=r"^hessian: HessianOptions.tol='0.1' is not accepted; accepted: a number"):
+        HessianOptions.from_dict({"tol": "0.1"}, where="hessian")
+    with pytest.raises(ConfigError, match=r"^sam: SAMConfig.rho='big'"):
+        TrainConfig.from_dict({"sam": {"rho": "big"}})
