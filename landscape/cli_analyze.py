@@ -253,9 +253,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         threads=threads,
         device=args.device,
     )
-    print(f"{summary}; summary: {Path(args.out) / 'summary.json'}")
+    where = f"summary: {Path(args.out) / 'summary.json'}" if not summary.write_error else "summary.json NOT written"
+    print(f"{summary}; {where}")
     for rec in summary.failed:
         print(f"FAILED {rec['checkpoint']} [{rec['analysis']}]: {rec['error']}", file=sys.stderr)
+    if summary.write_error:
+        print(f"ERROR {summary.write_error}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 

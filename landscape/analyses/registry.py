@@ -102,7 +102,13 @@ class Analysis:
             if not isinstance(d, self.options_cls):
                 raise ConfigError(f"analysis {self.name!r} takes {self.options_cls.__name__}, got {type(d).__name__}")
             return d
-        return self.options_cls.from_dict(dict(d or {}), where=self.name)
+        try:
+            return self.options_cls.from_dict(dict(d or {}), where=self.name)
+        except TypeError as e:  # a range check meeting a value of the wrong type ("0.1" > 0)
+            raise ConfigError(
+                f"options of {self.name!r}: a value has the wrong type ({e}); options: "
+                f"{dict(d or {})!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
