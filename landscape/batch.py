@@ -436,6 +436,7 @@ def analyze(
     if not ckpts:
         raise ValueError(f"no checkpoints (*.pt, *.pth) found in {paths_or_folder}")
     check_writable(out)
+    reserve = _reserve_space(out, len(ckpts) * len(names))
     if threads is None and executor is None:
         threads = _default_threads(workers)
 
@@ -488,7 +489,7 @@ def analyze(
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - t0
-        write_summary(summary, started)
+        write_summary(summary, started, reserve=reserve)
     for rec in summary.failed:
         log.warning("failed: %s [%s]: %s", rec["checkpoint"], rec["analysis"], rec["error"])
     if summary.write_error:
@@ -565,53 +566,100 @@ def _merge_entries(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     return list(merged.values())
 
 
-def write_summary(summary: Summary, started: float | None = None) -> Path | None:
+def _reserve_space(out: Path, n_tasks: int) -> Path | None:
+    """Hold disk space for summary.json (32 KiB + 1 KiB per task) while the run fills the disk.
+
+    It is freed just before the summary is written, so the summary fits also when the results
+    filled the disk. The reserve has a temporary name of :mod:`landscape.atomic`, so the next
+    write of summary.json removes it if this process is killed.
+    """
+    from landscape.atomic import temporary_name
+
+    path = temporary_name(out / "summary.json")
+    size = min(32 * 1024 + 1024 * n_tasks, 64 << 20)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return None
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # pragma: no cover
+            os.write(fd, b"\0" * size)
+    except OSError:
+        pass  # no room even for the reserve: write_summary still tries
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_summary(summary: Summary, started: float | None = None, *, reserve: Path | None = None) -> Path | None:
     """Merge ``summary`` into ``<out>/summary.json`` (atomically, under a lock, so concurrent runs
-    on one folder keep each other's entries). On failure (a full disk...) ``summary.write_error``
-    says why and ``None`` is returned; nothing is raised, so the caller still gets the summary."""
+    on one folder keep each other's entries). On a full disk the ``reserve`` file (see
+    :func:`analyze`) is freed and the write retried, then retried without tracebacks. On failure
+    ``summary.write_error`` says why and ``None`` is returned; nothing is raised, so the caller
+    still gets the summary."""
     path = summary.out / "summary.json"
     lock = ResultLock(path)
     try:
-        lock.acquire(wait=60.0)
-        previous: dict[str, Any] = {}
-        note = ""
-        if path.exists():
+        lock.acquire(wait=60.0)  # after a minute, write anyway: a lost merge beats no summary
+        for attempt in range(3):
             try:
-                previous = results.read_json(path)
-                if not isinstance(previous, dict):
-                    raise results.ResultError(f"{path}: not a JSON object")
-            except results.ResultError as e:
-                previous, note = {}, f"the previous summary.json could not be read and was replaced ({e})"
-        old = [r for st in ("done", "skipped", "failed") for r in previous.get(st, []) if isinstance(r, dict)]
-        entries = _merge_entries(old, [r for r in (*summary.done, *summary.skipped, *summary.failed)])
-        rejected = {str(r.get("path")): r for r in [*previous.get("rejected", []), *summary.rejected] if isinstance(r, dict)}
-        by_status = {st: [r for r in entries if r.get("status", "failed") == st] for st in ("done", "skipped")}
-        by_status["failed"] = [r for r in entries if r.get("status") not in ("done", "skipped")]
-        doc = {
-            "out": str(summary.out),
-            "counts": {k: len(v) for k, v in by_status.items()},
-            "last_run": {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "started": started,
-                "seconds": round(summary.seconds, 3),
-                "interrupted": summary.interrupted,
-                "counts": summary.counts(),
-            },
-            "seconds": round(summary.seconds, 3),
-            "interrupted": summary.interrupted,
-            **({"note": note} if note else {}),
-            **by_status,
-            "rejected": list(rejected.values()),
-        }
-        results.write_json(path, doc)
-        return path
+                return _write_summary(summary, started, path, slim=attempt == 2)
+            except OSError as e:
+                if failure_cause(e) != "disk full" or attempt == 2:
+                    raise
+                if reserve is not None:
+                    reserve.unlink(missing_ok=True)
+                    reserve = None
+        return None  # pragma: no cover
     except OSError as e:
         where = f" ({_disk_of(path)})" if failure_cause(e) == "disk full" else ""
         summary.write_error = f"could not write {path}{where}: {type(e).__name__}: {e}"
         return None
     finally:
         lock.release()
+        if reserve is not None:
+            reserve.unlink(missing_ok=True)
+
+
+def _write_summary(summary: Summary, started: float | None, path: Path, slim: bool) -> Path:
+    previous: dict[str, Any] = {}
+    note = ""
+    if path.exists():
+        try:
+            previous = results.read_json(path)
+            if not isinstance(previous, dict):
+                raise results.ResultError(f"{path}: not a JSON object")
+        except results.ResultError as e:
+            previous, note = {}, f"the previous summary.json could not be read and was replaced ({e})"
+    old = [r for st in ("done", "skipped", "failed") for r in previous.get(st, []) if isinstance(r, dict)]
+    entries = _merge_entries(old, [r for r in (*summary.done, *summary.skipped, *summary.failed)])
+    rejected = {str(r.get("path")): r for r in [*previous.get("rejected", []), *summary.rejected] if isinstance(r, dict)}
+    by_status = {st: [r for r in entries if r.get("status", "failed") == st] for st in ("done", "skipped")}
+    by_status["failed"] = [r for r in entries if r.get("status") not in ("done", "skipped")]
+    doc = {
+        "out": str(summary.out),
+        "counts": {k: len(v) for k, v in by_status.items()},
+        "last_run": {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": started,
+            "seconds": round(summary.seconds, 3),
+            "interrupted": summary.interrupted,
+            "counts": summary.counts(),
+        },
+        "seconds": round(summary.seconds, 3),
+        "interrupted": summary.interrupted,
+        **({"note": note} if note else {}),
+        **by_status,
+        "rejected": list(rejected.values()),
+    }
+    if slim:  # the disk is full: the entries without their tracebacks
+        doc = {k: [{kk: vv for kk, vv in r.items() if kk != "traceback"} for r in v] if k in by_status else v
+               for k, v in doc.items()}
+    results.write_json(path, doc)
+    return path
 
 
 __all__ = ["RunTask", "Summary", "Task", "analyze", "check_writable", "failure_cause", "run_task", "write_summary"]
