@@ -20,9 +20,33 @@ _DATASETS: dict[str, Callable[..., ArrayDataset]] = {
 SPLITS = ("train", "test")
 
 
-def register_dataset(name: str, fn: Callable[..., ArrayDataset]) -> None:
-    """Make ``fn(split, **kwargs) -> ArrayDataset`` available under ``name``."""
-    _DATASETS[name] = fn
+def register_dataset(name: str, fn: Callable[..., ArrayDataset] | None = None, *, replace: bool = False):
+    """Make ``fn(split, **kwargs)`` available to :func:`get_dataset` (and ``--dataset NAME``).
+
+    Use as a decorator or call it with the function. ``fn`` takes the split (``"train"`` or
+    ``"test"``) as its first argument plus keyword options (``root`` is passed when it takes one)
+    and returns an :class:`ArrayDataset` (or any ``Dataset`` the analyses accept).
+
+    Example:
+        >>> import torch
+        >>> @register_dataset("doc_ramp")
+        ... def ramp(split, n=4):
+        ...     return ArrayDataset(torch.arange(n, dtype=torch.float32)[:, None], torch.zeros(n, dtype=torch.long), 1)
+        >>> len(get_dataset("doc_ramp", "test", n=3))
+        3
+    """
+
+    def deco(f: Callable[..., ArrayDataset]) -> Callable[..., ArrayDataset]:
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError(f"dataset name must be a non-empty string without ':' (that marks an import path), got {name!r}")
+        if not callable(f):
+            raise ValueError(f"register_dataset({name!r}): the function must be callable, got {type(f).__name__}")
+        if name in _DATASETS and not replace:
+            raise ValueError(f"dataset {name!r} registered twice (pass replace=True to replace it)")
+        _DATASETS[name] = f
+        return f
+
+    return deco if fn is None else deco(fn)
 
 
 def dataset_names() -> list[str]:
@@ -66,7 +90,7 @@ def get_dataset(name: str, split: str = "train", root=None, augment: bool = Fals
                 + f"; accepted: {', '.join(accepted)}"
             )
     ds = fn(split, **kwargs)
-    if not augment:
+    if not augment and hasattr(ds, "transform"):
         ds.transform = None
     return ds
 
