@@ -46,6 +46,7 @@ from typing import Any
 
 from landscape import results
 from landscape.analyses import registry
+from landscape.config import ConfigError
 from landscape.locks import ResultLock
 from landscape.progress import Progress
 
@@ -112,6 +113,10 @@ class Task:
     ``options`` / ``data`` are the validated options as plain dicts; ``entry`` the registry
     entry as import strings (:func:`landscape.analyses.registry.entry_spec`) so a fresh process
     can run a user-registered analysis; ``hash`` the options hash in the result's file name.
+    ``model``: ``None`` (the spec stored in the checkpoint) or ``{"name": zoo name or import
+    path, "kwargs": {...}}`` (:func:`landscape.specs.spec_to_json`), which the worker imports;
+    ``search_paths``: extra folders for import paths (the checkpoint's folder and its parent
+    are always searched).
     """
 
     checkpoint: str
@@ -125,6 +130,8 @@ class Task:
     skip_existing: bool = True
     threads: int | None = None
     device: str = "auto"
+    model: dict[str, Any] | str | None = None
+    search_paths: tuple[str, ...] = ()
 
     def record(self, status: str, t0: float, cpu0: float | None = None, **extra: Any) -> dict[str, Any]:
         """A summary entry for this task."""
@@ -197,14 +204,80 @@ def _disk_of(path: Path) -> str:
     return f"the file system at {mount} ({free})"
 
 
+# Python objects given to analyze() that have no import path (a lambda, a Dataset instance, a
+# loss module instance): usable by tasks that run in this same process (serial runs) only.
+_LOCAL: dict[str, Any] = {}
+LOCAL_PREFIX = "local:"
+
+
+def _local_ref(obj: Any, what: str) -> str:
+    label = getattr(obj, "__qualname__", None) or type(obj).__name__
+    ref = f"{LOCAL_PREFIX}{what}:{label}"
+    _LOCAL[ref] = obj
+    return ref
+
+
+def _local(ref: str) -> Any:
+    try:
+        return _LOCAL[ref]
+    except KeyError:
+        raise ConfigError(
+            f"{ref[len(LOCAL_PREFIX):]} was given to analyze() as a Python object without an import "
+            "path, which only tasks run serially in the same process can use; pass an import path "
+            "'package.module:name' for worker processes and Slurm"
+        ) from None
+
+
+def _search_paths(task: Task) -> list[str]:
+    from landscape.specs import default_search_paths
+
+    return [*task.search_paths, *map(str, default_search_paths(task.checkpoint))]
+
+
 @functools.lru_cache(maxsize=4)
-def _load_data(spec_json: str):
+def _load_data(spec_json: str, search_paths: tuple[str, ...] = ()):
     # Cached per process: consecutive tasks on checkpoints of one run share their data set.
     from landscape.data import get_dataset
+    from landscape.specs import is_import_path, resolve_data
 
     spec = json.loads(spec_json)
-    ds = get_dataset(spec["dataset"], spec["split"], root=spec["data_root"], augment=False, **spec["dataset_kwargs"])
-    return ds.subset(spec["n"])
+    name = spec["dataset"]
+    if name.startswith(LOCAL_PREFIX):
+        ds = resolve_data(_local(name), spec["split"], spec["dataset_kwargs"])
+    elif is_import_path(name):
+        ds = resolve_data(name, spec["split"], spec["dataset_kwargs"], search_paths=search_paths)
+    else:
+        ds = get_dataset(name, spec["split"], root=spec["data_root"], augment=False, **spec["dataset_kwargs"])
+    return _first(ds, spec["n"], name)
+
+
+def _first(ds: Any, n: int | None, name: str) -> Any:
+    """The first ``n`` examples of a data set (``ArrayDataset.subset`` or a ``torch`` ``Subset``)."""
+    if n is None:
+        return ds
+    if hasattr(ds, "subset"):
+        return ds.subset(n)
+    if hasattr(ds, "__len__") and hasattr(ds, "__getitem__"):
+        import torch.utils.data
+
+        return torch.utils.data.Subset(ds, range(min(n, len(ds))))
+    raise ConfigError(f"data.n={n} needs a map-style data set (with len() and indexing); {name!r} gave a {type(ds).__name__}")
+
+
+def _resolve_loss(loss: Any, search_paths: list[str]) -> Any:
+    """An options ``loss`` string as the analyses take it: ``"ce"``/``"mse"`` stay, an import path
+    or a local reference becomes the object (a loss class is instantiated without arguments)."""
+    from landscape.specs import import_object, is_import_path
+
+    if not isinstance(loss, str):
+        return loss
+    if loss.startswith(LOCAL_PREFIX):
+        obj = _local(loss)
+    elif is_import_path(loss):
+        obj = import_object(loss, search_paths=search_paths)
+    else:
+        return loss
+    return obj() if isinstance(obj, type) else obj
 
 
 def _device(name: str):
@@ -262,14 +335,23 @@ def _compute_and_write(task: Task, sha: str) -> int:
     registry.ensure_registered(task.analysis, task.entry)
     analysis = registry.get_analysis(task.analysis)
     options = analysis.options(task.options)
-    ckpt = load_checkpoint(task.checkpoint)
+    paths = _search_paths(task)
+    if task.model is None:
+        ckpt = load_checkpoint(task.checkpoint)
+    else:
+        from landscape.specs import resolve_model
+
+        spec = _local(task.model) if isinstance(task.model, str) else resolve_model(task.model, search_paths=paths)
+        ckpt = load_checkpoint(task.checkpoint, model=spec.build())
     device = _device(task.device)
     model = ckpt.model.to(device)
     data, data_spec = None, None
     if analysis.needs_data:
         data_spec = registry.DataOptions.from_dict(task.data).resolve(ckpt.config)
-        data = _load_data(json.dumps(data_spec, sort_keys=True))
+        data = _load_data(json.dumps(data_spec, sort_keys=True), tuple(paths))
     kwargs = options.to_dict()
+    if "loss" in kwargs:
+        kwargs["loss"] = _resolve_loss(kwargs["loss"], paths)
     if analysis.extra_inputs is not None:
         kwargs.update(analysis.extra_inputs(ckpt))
     ds = analysis.fn(model, data, **kwargs)
@@ -388,6 +470,12 @@ def analyze(
     threads: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    model: Any = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    data: Any = None,
+    data_kwargs: Mapping[str, Any] | None = None,
+    loss: Any = None,
+    search_paths: Iterable[PathLike] = (),
 ) -> Summary:
     """Run analyses on every checkpoint under a folder; one result file per (checkpoint, analysis).
 
@@ -413,6 +501,23 @@ def analyze(
             ``$SLURM_CPUS_PER_TASK`` on Slurm, else torch's default.
         device: ``auto`` (CUDA when the worker has it), ``cpu``, ``cuda``, ``cuda:N``.
         progress: show a progress bar / log lines.
+        model: the model the weights are loaded into, needed for foreign checkpoints (a
+            ``state_dict`` from a plain PyTorch loop, Lightning, safetensors): an ``nn.Module``
+            class or factory, an import path ``"package.module:factory"`` or a zoo name (also
+            the ``[model]`` table: ``spec``, ``kwargs``). Default: the spec stored in a landscape
+            checkpoint.
+        model_kwargs: keyword arguments of the model factory.
+        data: the analysed data when not the checkpoint's own training set: a data set name, an
+            import path or a factory (called with ``split=`` when it takes one), or a data
+            object (also ``[data] dataset = ...``).
+        data_kwargs: keyword arguments of the data factory (``[data] dataset_kwargs``).
+        loss: ``"ce"``, ``"mse"``, an import path or a callable ``loss(output, target)``; put into
+            the ``loss`` option of every analysis that reads data.
+        search_paths: extra folders searched for import paths (the checkpoint's folder, its
+            parent and the current folder always are).
+
+    Objects without an import path (a lambda, a ``Dataset`` instance, a loss module built in
+    the script) can be used by serial runs only; workers and Slurm jobs import everything by name.
 
     Returns:
         A :class:`Summary` (done, skipped, failed with error text and cause), also merged into
@@ -430,9 +535,14 @@ def analyze(
     t0 = time.perf_counter()
     started = time.time()
     names = registry.parse_analyses(analyses)
-    resolved, data_opts = registry.resolve_options(names, options)
+    items = [paths_or_folder] if isinstance(paths_or_folder, (str, os.PathLike)) else list(paths_or_folder)
+    local_ok = executor is None and not (workers and workers > 1)
+    paths = _driver_search_paths(items, search_paths)
+    options, model_json, loss_ref = _sources(options, model, model_kwargs, data, data_kwargs, loss, local_ok, paths)
+    resolved, data_opts = registry.resolve_options(names, options, loss=loss_ref)
+    _check_data_source(data_opts, names, paths)
     out = Path(out)
-    ckpts = _unique_results(_checkpoints_with_runs(paths_or_folder), out)
+    ckpts = _unique_results(_checkpoints_with_runs(items), out)
     if not ckpts:
         raise ValueError(f"no checkpoints (*.pt, *.pth) found in {paths_or_folder}")
     check_writable(out)
@@ -441,7 +551,9 @@ def analyze(
         threads = _default_threads(workers)
 
     summary = Summary(out=out)
-    hashes = {n: results.options_hash(n, resolved[n], data_opts) for n in names}
+    # The model spec is part of what a result depends on; hashes without one stay as they were.
+    hashed_data = {**data_opts.to_dict(), **({"model": model_json} if model_json is not None else {})}
+    hashes = {n: results.options_hash(n, resolved[n], hashed_data) for n in names}
     entries = {n: registry.entry_spec(n) for n in names}
     sha_cache: dict[Path, str | None] = {}
 
@@ -461,7 +573,8 @@ def analyze(
             path = results.result_path(out, run, ck, n, hashes[n])
             task = Task(checkpoint=str(ck.resolve()), run=run, analysis=n, result=str(path), hash=hashes[n],
                         options=resolved[n].to_dict(), data=data_opts.to_dict(), entry=entries[n],
-                        skip_existing=skip_existing, threads=threads, device=device)
+                        skip_existing=skip_existing, threads=threads, device=device, model=model_json,
+                        search_paths=tuple(map(str, search_paths)))
             if skip_existing and path.exists():
                 sha = checkpoint_sha(ck)
                 if sha is not None and results.existing_result(path, sha) == "current":
@@ -495,6 +608,81 @@ def analyze(
     if summary.write_error:
         log.error("%s", summary.write_error)
     return summary
+
+
+def _driver_search_paths(items: list[Any], extra: Iterable[PathLike]) -> list[str]:
+    from landscape.specs import default_search_paths
+
+    found: list[str] = [str(Path(p).absolute()) for p in extra]
+    for item in items:
+        for p in default_search_paths(item):
+            if str(p) not in found:
+                found.append(str(p))
+    return found
+
+
+def _sources(options: Mapping[str, Any] | None, model: Any, model_kwargs: Any, data: Any, data_kwargs: Any,
+             loss: Any, local_ok: bool, paths: list[str]) -> tuple[dict[str, Any], Any, str | None]:
+    """Fold the model/data/loss arguments into the option tables; check the model now.
+
+    Returns the options (``data`` table updated), the model as tasks carry it (JSON or a local
+    reference; ``None`` = the checkpoint's own spec) and the loss as an options string.
+    """
+    from landscape.specs import SpecError, import_path_of, resolve_model, spec_to_json
+
+    options = dict(options or {})
+    table = registry.model_options(options)
+    options.pop("model", None)
+    if model is None and table.spec is not None:
+        model, model_kwargs = table.spec, {**(table.kwargs or {}), **dict(model_kwargs or {})}
+    elif model is None and model_kwargs:
+        raise ConfigError("model_kwargs given without model")
+    model_json: Any = None
+    if model is not None:
+        spec = resolve_model(model, model_kwargs, search_paths=paths)
+        spec.build()  # a factory that raises, bad kwargs, a too large model: reported before any task
+        if spec.importable:
+            model_json = spec.to_json()
+        elif local_ok:
+            model_json = _local_ref(spec, "model")
+        else:
+            spec.to_json()  # raises why workers cannot import it
+    if data is not None or data_kwargs is not None:
+        table_data = options.get("data")
+        d = dict(table_data.to_dict() if isinstance(table_data, registry.DataOptions) else table_data or {})
+        if data is not None:
+            if isinstance(data, str):
+                d["dataset"] = data
+            else:
+                try:
+                    d["dataset"] = spec_to_json(data)["name"]
+                except SpecError:
+                    if not local_ok:
+                        raise
+                    d["dataset"] = _local_ref(data, "data")
+        if data_kwargs is not None:
+            d["dataset_kwargs"] = dict(data_kwargs)
+        options["data"] = d
+    loss_ref = None
+    if loss is not None:
+        if isinstance(loss, str):
+            loss_ref = loss
+        else:
+            try:
+                loss_ref = import_path_of(loss)
+            except SpecError:
+                if not local_ok:
+                    raise
+                loss_ref = _local_ref(loss, "loss")
+    return options, model_json, loss_ref
+
+
+def _check_data_source(data_opts: registry.DataOptions, names: list[str], paths: list[str]) -> None:
+    """An import-path data set must import before any task runs (calling it is the task's job)."""
+    from landscape.specs import import_object, is_import_path
+
+    if data_opts.dataset and is_import_path(data_opts.dataset) and any(registry.get_analysis(n).needs_data for n in names):
+        import_object(data_opts.dataset, search_paths=paths)
 
 
 def _run_isolated(tasks: list[Task], workers: int, done) -> None:
