@@ -330,14 +330,20 @@ def run_task(task: Task) -> dict[str, Any]:
 def _compute_and_write(task: Task, sha: str) -> int:
     import xarray as xr
 
-    from landscape.checkpoint import load_checkpoint
+    from landscape.checkpoint import CheckpointError, load_checkpoint
 
     registry.ensure_registered(task.analysis, task.entry)
     analysis = registry.get_analysis(task.analysis)
     options = analysis.options(task.options)
     paths = _search_paths(task)
     if task.model is None:
-        ckpt = load_checkpoint(task.checkpoint)
+        try:
+            ckpt = load_checkpoint(task.checkpoint)
+        except CheckpointError as e:
+            if "model spec" not in str(e):
+                raise
+            raise CheckpointError(f"{e}; with landscape analyze give the model as --model pkg.module:factory "
+                                  "(--model-kwargs k=v,...), a [model] table, or analyze(model=...)") from None
     else:
         from landscape.specs import resolve_model
 
@@ -574,7 +580,7 @@ def analyze(
             task = Task(checkpoint=str(ck.resolve()), run=run, analysis=n, result=str(path), hash=hashes[n],
                         options=resolved[n].to_dict(), data=data_opts.to_dict(), entry=entries[n],
                         skip_existing=skip_existing, threads=threads, device=device, model=model_json,
-                        search_paths=tuple(map(str, search_paths)))
+                        search_paths=tuple(paths))
             if skip_existing and path.exists():
                 sha = checkpoint_sha(ck)
                 if sha is not None and results.existing_result(path, sha) == "current":

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import signal
 import sys
@@ -580,6 +581,169 @@ def test_worker_registry_follows_the_drivers_entry():
         ensure_registered("t_lambda", entry_spec("t_lambda"))  # same process: nothing to do
     finally:
         unregister_analysis("t_lambda")
+
+
+# ---------------------------------------------------------------- your own model and data (issue 9)
+
+USER_MODULE = """
+import torch
+from torch import nn
+from landscape.data import ArrayDataset
+
+
+class Net(nn.Module):
+    def __init__(self, width=5):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def make_net(width=5):
+    return Net(width)
+
+
+def broken_net(width=5):
+    raise RuntimeError("factory exploded")
+
+
+def make_data(split="train", n=20):
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    return ArrayDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g), 3)
+"""
+
+
+@pytest.fixture
+def foreign(tmp_path):
+    """A user module beside a folder of plain-PyTorch checkpoints ({"model_state_dict", ...})."""
+    name = f"usernets_{tmp_path.name}"
+    root = tmp_path / "ck"
+    (root / "run").mkdir(parents=True)
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mod = __import__(name)
+    finally:
+        sys.path.remove(str(tmp_path))
+    for epoch in range(2):
+        torch.manual_seed(epoch)
+        net = mod.make_net(width=6)
+        torch.save({"model_state_dict": net.state_dict(), "epoch": epoch}, root / "run" / f"epoch_{epoch}.pt")
+    return {"root": root, "module": name, "mod": mod}
+
+
+def test_foreign_checkpoints_with_model_and_data_import_paths(tmp_path, foreign):
+    out, name = tmp_path / "res", foreign["module"]
+    s = analyze(foreign["root"], "norm_params,t_loss_stats", out=out, model=f"{name}:make_net",
+                model_kwargs={"width": 6}, data=f"{name}:make_data", data_kwargs={"n": 12}, progress=False)
+    assert s.ok and len(s.done) == 4, s.failed
+    for rec in s.done:
+        ck = torch.load(rec["checkpoint"], weights_only=True)
+        net = foreign["mod"].make_net(width=6)
+        net.load_state_dict(ck["model_state_dict"])
+        net.eval()
+        got = results.read_result(rec["result"])
+        if rec["analysis"] == "norm_params":
+            assert got["mean"].values[0, 0].tobytes() == norm_params(net)["mean"].values.tobytes()
+        else:
+            want = loss_stats(net, foreign["mod"].make_data("train", n=12))
+            assert got["loss"].values[0, 0].tobytes() == want["loss"].values.tobytes()
+            assert json.loads(got.attrs["data_json"])["dataset"] == f"{name}:make_data"
+    # Without the model the files cannot be loaded, and the error says how to give it.
+    s = analyze(foreign["root"], "norm_params", out=tmp_path / "res2", progress=False)
+    assert len(s.failed) == 2 and all("--model pkg.module:factory" in r["error"] for r in s.failed)
+    # The model spec is part of the options hash: another width is another result.
+    s2 = analyze(foreign["root"], "norm_params", out=out, model=f"{name}:make_net", model_kwargs={"width": 7},
+                 progress=False)
+    assert len(s2.failed) == 2 and "do not fit" in s2.failed[0]["error"]
+
+
+def test_foreign_checkpoints_in_spawned_workers_find_the_user_module(tmp_path, foreign):
+    # The module lies beside the analysed folder, not on sys.path: the workers find it by the
+    # search paths the tasks carry.
+    s = analyze(foreign["root"], "norm_params", out=tmp_path / "res", model=f"{foreign['module']}:make_net",
+                model_kwargs={"width": 6}, workers=2, progress=False)
+    assert s.ok and len(s.done) == 2, s.failed
+
+
+def test_model_and_data_objects_run_serially_and_are_refused_for_workers(tmp_path, foreign):
+    mod = foreign["mod"]
+    s = analyze(foreign["root"], "t_loss_stats", out=tmp_path / "res", model=lambda: mod.make_net(6),
+                data=mod.make_data("train", n=8), progress=False)
+    assert s.ok and len(s.done) == 2, s.failed
+    from landscape.specs import SpecError
+
+    with pytest.raises(SpecError, match="lambda"):
+        analyze(foreign["root"], "norm_params", out=tmp_path / "res", model=lambda: mod.make_net(6), workers=2)
+
+
+def test_model_table_in_options(tmp_path, foreign):
+    opts = {"model": {"spec": f"{foreign['module']}:make_net", "kwargs": {"width": 6}}}
+    s = analyze(foreign["root"], "norm_params", out=tmp_path / "res", options=opts, progress=False)
+    assert s.ok and len(s.done) == 2
+    with pytest.raises(ConfigError, match="unknown option 'model.spc'"):
+        analyze(foreign["root"], "norm_params", out=tmp_path / "res", options={"model": {"spc": "x"}})
+
+
+@dataclass(frozen=True)
+class NeedsOptions(Options):
+    n: int = 64
+
+    def required_samples(self) -> int:
+        return self.n
+
+
+register_analysis("t_needs", lambda m, d, n: None, NeedsOptions, replace=True)
+
+
+def test_bad_model_data_and_option_conflicts_fail_before_any_task(tmp_path, foreign, capsys):
+    name, root, out = foreign["module"], foreign["root"], tmp_path / "res"
+    base = ["analyze", str(root), "-a", "norm_params", "--out", str(out)]
+    cases = [
+        (["--model", f"{name}:make_net", "--model-kwargs", "width=abc"], "model factory .*make_net.*width.*abc"),
+        (["--model", f"{name}:broken_net"], "factory exploded"),
+        (["--model", f"{name}:no_such"], "has no attribute 'no_such'"),
+        (["--model", "nosuchmodule_xyz:f"], "no module named 'nosuchmodule_xyz'"),
+        (["--model", f"{name}:make_net", "--model-kwargs", "width"], "must be NAME=VALUE"),
+        (["-a", "t_loss_stats", "--set", "data.dataset=\"mnist_1d\""], "unknown data.dataset 'mnist_1d'.*accepted: .*mnist1d"),
+        (["-a", "t_loss_stats", "--data", f"{name}:no_data"], "has no attribute 'no_data'"),
+        (["-a", "t_needs", "--set", "data.n=32"], "t_needs needs 64 examples but data.n=32"),
+        (["--wrokers", "2"], "unrecognized option.*--wrokers \\(did you mean --workers\\?\\)"),
+        (["--work", "2"], "unrecognized option.*--work"),
+    ]
+    for extra, pattern in cases:
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (extra, err)
+        assert re.search(pattern, err), (extra, err)
+        assert "Traceback" not in err
+    assert not out.exists()  # nothing ran, nothing was written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", str(empty), "-a", "norm_params", "--out", str(out)])
+    assert e.value.code == 2 and "no checkpoints" in capsys.readouterr().err
+
+
+def test_cli_model_data_flags(tmp_path, foreign, capsys):
+    name = foreign["module"]
+    argv = ["analyze", str(foreign["root"]), "-a", "norm_params,t_loss_stats", "--out", str(tmp_path / "res"),
+            "--model", f"{name}:make_net", "--model-kwargs", "width=6", "--data", f"{name}:make_data",
+            "--data-kwargs", "n=8", "--set", "t_loss_stats.batch_size=4"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "4 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert results.open_results(tmp_path / "res", "t_loss_stats").sizes["batch"] == 2
+
+
+def test_parse_kwargs():
+    from landscape.cli_analyze import parse_kwargs
+
+    assert parse_kwargs("a=1,b=[1, 2],c={x = 1},d=hi,e=\"q,r\",f=true") == {
+        "a": 1, "b": [1, 2], "c": {"x": 1}, "d": "hi", "e": "q,r", "f": True}
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_kwargs("=3")
 
 
 def test_summary_str():
