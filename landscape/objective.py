@@ -40,22 +40,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, linearize
+from torch.func import functional_call
 
+from landscape import hvp as _hvp
+from landscape import inputs as _inputs
+from landscape.config import Options, check
+from landscape.losses import Loss, class_targets, import_object, resolve_loss
 from landscape.params import GroupError, GroupSpec, is_norm_module, select
 
-__all__ = ["GroupError", "NonFiniteLossError", "Objective"]
+__all__ = ["GroupError", "NonFiniteLossError", "Objective", "ObjectiveOptions"]
 
 BN_MODES = ("eval", "train")
 LOSSES = ("ce", "mse")
-HVP_METHODS = ("jvp", "linearize", "double-backward", "retained-graph")
+HVP_METHODS = _hvp.METHODS
+DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32,
+          "float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Logit-normalization floor (Andriushchenko et al. 2023 code: max(||z||, 1e-10)).
 LOGIT_NORM_FLOOR = 1e-10
@@ -68,11 +74,86 @@ class NonFiniteLossError(ValueError):
 def _as_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32,
-             "float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if isinstance(dtype, str) and dtype.replace("torch.", "") in names:
-        return names[dtype.replace("torch.", "")]
-    raise ValueError(f"dtype={dtype!r} is not accepted; accepted: None, a torch float dtype, or one of {', '.join(names)}")
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in DTYPES:
+        return DTYPES[dtype.replace("torch.", "")]
+    raise ValueError(f"dtype={dtype!r} is not accepted; accepted: None, a torch float dtype, or one of {', '.join(DTYPES)}")
+
+
+def dtype_name(dtype) -> str | None:
+    """The JSON-plain name of a dtype option: ``torch.float64`` or ``"double"`` -> ``"float64"``."""
+    d = _as_dtype(dtype)
+    return None if d is None else str(d).replace("torch.", "")
+
+
+def _callable(spec, what: str):
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, str):
+        return import_object(spec, what)
+    raise ValueError(f"{what}={spec!r} is not accepted; accepted: None, a callable or an import path 'package.module:attr'")
+
+
+@dataclass(frozen=True)
+class ObjectiveOptions(Options):
+    """The objective options every data-using analysis shares (same names, same meaning).
+
+    ``batch_size``: examples per fixed batch (``None``: one batch); ``max_samples``: the first
+    ``max_samples`` examples (``None``: all); ``bn_mode``: "eval" (running statistics) or
+    "train" (batch statistics over the fixed partition); ``loss``: "ce", "mse" or an import
+    path ``"package.module:attr"`` (a callable or ``nn.Module`` passed to an analysis function
+    is recorded here as its import path and arguments, see :func:`landscape.losses.describe`);
+    ``logit_normalize``: centre and l2-normalize the outputs before the loss; ``params``: the
+    parameter group (:mod:`landscape.params`); ``dtype``: ``None`` (the model's), "float32" or
+    "float64" (a ``torch.dtype`` given to an analysis function is stored by name);
+    ``batch_fn`` / ``output_fn``: ``None`` or import paths of the data / output adapters of
+    :mod:`landscape.inputs` (callables given to a function are recorded by import path).
+
+    Example:
+        >>> ObjectiveOptions(max_samples=512).required_samples()
+        512
+    """
+
+    batch_size: int | None = 256
+    max_samples: int | None = None
+    bn_mode: Literal["eval", "train"] = "eval"
+    loss: str = "ce"
+    logit_normalize: bool = False
+    params: str = "all"
+    dtype: str | None = None
+    batch_fn: str | None = None
+    output_fn: str | None = None
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+        check(self.batch_size is None or pos(self.batch_size),
+              f"{name}.batch_size must be None or a positive int, got {self.batch_size!r}")
+        check(self.max_samples is None or pos(self.max_samples),
+              f"{name}.max_samples must be None or a positive int, got {self.max_samples!r}")
+        check(isinstance(self.loss, str) and (self.loss in LOSSES or ":" in self.loss),
+              f"{name}.loss={self.loss!r} is not accepted; accepted: 'ce', 'mse' or an import path "
+              "'package.module:attr' (analysis functions also take the callable itself)")
+        check(isinstance(self.params, str) and bool(self.params),
+              f"{name}.params must be a parameter-group spec string, got {self.params!r}")
+        check(self.dtype in (None, "float32", "float64"),
+              f"{name}.dtype={self.dtype!r} is not accepted; accepted: None, 'float32', 'float64'")
+        for field in ("batch_fn", "output_fn"):
+            v = getattr(self, field)
+            check(v is None or (isinstance(v, str) and ":" in v),
+                  f"{name}.{field}={v!r} is not accepted; accepted: None or an import path 'package.module:attr'")
+
+    def objective_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`Objective` these options stand for."""
+        return {k: getattr(self, k) for k in OBJECTIVE_FIELDS}
+
+    def required_samples(self) -> int | None:
+        """Examples the analysis needs from the data (``None``: whatever there is); the batch
+        runner compares it with ``data.n`` before any task starts."""
+        return self.max_samples
+
+
+OBJECTIVE_FIELDS = ("batch_size", "max_samples", "bn_mode", "loss", "logit_normalize", "params", "dtype",
+                    "batch_fn", "output_fn")
 
 
 @contextlib.contextmanager
@@ -90,69 +171,40 @@ def _modes(model: nn.Module, bn_train: bool) -> Iterator[None]:
             m.training = flag
 
 
-def _collect(data, max_samples: int | None) -> tuple[Tensor, Tensor]:
-    """The first ``max_samples`` examples of ``data`` as two tensors (in order)."""
-    if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.x, Tensor):
-        x, y = data.x, data.y
-        if max_samples is not None:
-            x, y = x[:max_samples], y[:max_samples]
-        return x, y
-    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, Tensor) for t in data) \
-            and data[0].ndim >= 1 and data[1].ndim == 1 and data[0].shape[0] == data[1].shape[0]:
-        x, y = data
-        if max_samples is not None:
-            x, y = x[:max_samples], y[:max_samples]
-        return x, y
-    if isinstance(data, Iterable):
-        xs, ys, n = [], [], 0
-        for item in data:
-            if not (isinstance(item, tuple | list) and len(item) >= 2):
-                raise TypeError(
-                    f"data: expected an iterable of (x, y) batches, got an item of type {type(item).__name__}"
-                )
-            xb, yb = item[0], item[1]
-            if max_samples is not None:
-                xb, yb = xb[: max_samples - n], yb[: max_samples - n]
-            xs.append(xb)
-            ys.append(yb)
-            n += int(yb.shape[0])
-            if max_samples is not None and n >= max_samples:
-                break
-        if not xs:
-            raise ValueError("data: the iterable of batches is empty")
-        return torch.cat(xs), torch.cat(ys)
-    raise TypeError(
-        f"data of type {type(data).__name__} is not accepted; accepted: an ArrayDataset, an (x, y) "
-        "tuple of tensors, or an iterable of (x, y) batches"
-    )
-
-
 class Objective:
     """The loss of ``model`` on a fixed data set as a function of one parameter group.
 
     Args:
         model: the network; never mutated. Its device decides where everything runs.
-        data: an ``ArrayDataset``, an ``(x, y)`` tuple of tensors, or an iterable of ``(x, y)``
-            batches. No augmentation is applied.
+        data: any form of :mod:`landscape.inputs` (an ``ArrayDataset``, a ``TensorDataset`` or
+            other map-style ``Dataset``, a ``DataLoader``, an ``(x, y)`` tuple, an iterable of
+            tuple or dict batches). No augmentation is applied. The batches are built once,
+            here, on the model's device.
         batch_size: examples per batch (the last batch may be smaller). The first ``max_samples``
             examples are split in order, once, at construction. ``None``: one batch.
         max_samples: use only the first ``max_samples`` examples (``None``: all).
         params: a parameter-group spec of :mod:`landscape.params` ("all", "norm", "B3",
             "glob:fc.*", ...). The others stay fixed at their values at construction.
-            An empty group raises :class:`GroupError`.
+            Parameters with ``requires_grad=False`` (frozen) are never in the group: they are
+            held fixed like the parameters outside it. An empty group raises :class:`GroupError`.
         bn_mode: "eval" (running statistics; default) or "train" (batch statistics on the fixed
             partition; a different, partition-dependent function). See the module docstring.
-        logit_normalize: centre the logits and divide by their l2 norm (SAM-ON Appendix B.10).
-        loss: "ce" (cross-entropy) or "mse" (``F.mse_loss`` against one-hot targets, i.e. the
-            mean over examples *and* classes).
-        dtype: cast copies of parameters, buffers and float inputs to this dtype (e.g.
+        logit_normalize: centre the outputs and divide by their l2 norm (SAM-ON Appendix B.10).
+        loss: "ce" (cross-entropy), "mse" (``F.mse_loss`` against one-hot class targets, i.e.
+            the mean over examples *and* classes, or against float targets), an import path,
+            or a callable ``(output, target) -> scalar mean`` (an ``nn.Module`` such as
+            ``nn.CrossEntropyLoss(label_smoothing=0.1)`` included); see :mod:`landscape.losses`.
+        dtype: cast copies of parameters, buffers and float inputs and targets to this dtype (e.g.
             ``torch.float64`` for exact reference computations). ``None``: keep the model's.
+        batch_fn: ``batch -> (inputs, targets)`` for batches of any other form (or its import path).
+        output_fn: ``model output -> tensor`` for outputs of any other form (or its import path).
 
     Attributes:
         names, shapes, numel: the selected group (names in ``select`` order), its shapes and its
             dimension P.
         theta0: flat detached copy of the selected parameters at construction.
         num_batches, batch_sizes, num_samples: the fixed batch partition.
+        loss_spec: the resolved :class:`~landscape.losses.Loss` (``.spec``, ``.units``).
         calls: a ``Counter`` of evaluations by kind ("loss", "grad", "hvp", "logits"), one count
             per batch forward, so analyses can report their cost.
 
@@ -179,22 +231,25 @@ class Objective:
         params: GroupSpec = "all",
         bn_mode: str = "eval",
         logit_normalize: bool = False,
-        loss: str = "ce",
+        loss: str | Callable[[Tensor, Tensor], Tensor] | Loss = "ce",
         dtype=None,
+        batch_fn: Callable[[Any], Any] | str | None = None,
+        output_fn: Callable[[Any], Tensor] | str | None = None,
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode={bn_mode!r} is not accepted; accepted: {', '.join(BN_MODES)}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not accepted; accepted: {', '.join(LOSSES)}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        self.loss_spec: Loss = resolve_loss(loss)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
         self.model = model
         self.bn_mode = bn_mode
         self.logit_normalize = bool(logit_normalize)
-        self.loss_name = loss
+        self.loss_name = self.loss_spec.spec
         self.dtype = _as_dtype(dtype)
+        self.batch_fn = _callable(batch_fn, "batch_fn")
+        self.output_fn = _callable(output_fn, "output_fn")
         self.calls: Counter = Counter()
 
         chosen = select(model, params)  # raises GroupError when empty
@@ -224,22 +279,36 @@ class Objective:
         flat_dtype = sel[0].dtype if len(dtypes) == 1 else torch.float64
         self.theta0: Tensor = torch.cat([t.reshape(-1).to(flat_dtype) for t in sel])
 
-        x, y = _collect(data, max_samples)
+        # Staged once: every batch lives on the model's device in the objective's dtype.
+        x, y = _inputs.collect(data, max_samples, self.batch_fn)
+        x = _inputs.to_device(x, self.device, self.dtype)
+        y = _inputs.to_device(y, self.device, self.dtype)
         n = int(y.shape[0])
-        if n == 0:
-            raise ValueError("data holds no examples (check max_samples and the data set)")
-        x = x.to(self.device)
-        if self.dtype is not None and x.is_floating_point():
-            x = x.to(self.dtype)
-        y = y.to(self.device)
-        bs = n if batch_size is None else batch_size
-        self._batches: list[tuple[Tensor, Tensor]] = [
-            (x[s : s + bs], y[s : s + bs]) for s in range(0, n, bs)
-        ]
+        self._batches: list[tuple[_inputs.Inputs, Tensor]] = _inputs.split(x, y, batch_size)
         self.batch_sizes: list[int] = [int(b[1].shape[0]) for b in self._batches]
         self.num_batches: int = len(self._batches)
         self.num_samples: int = n
-        self.batch_size = bs
+        self.batch_size = n if batch_size is None else batch_size
+
+    @classmethod
+    def from_options(cls, model: nn.Module, data, options: ObjectiveOptions, **overrides) -> Objective:
+        """The objective an analysis' options stand for (``options.objective_kwargs()``), with
+        ``overrides`` (e.g. ``loss=nn.CrossEntropyLoss(label_smoothing=0.1)``, ``batch_fn=fn``)
+        replacing individual fields (``batch_size=None`` means one batch, as in the options).
+
+        Example:
+            >>> import torch
+            >>> opts = ObjectiveOptions(batch_size=4, loss="mse")
+            >>> obj = Objective.from_options(torch.nn.Linear(2, 3), (torch.randn(6, 2), torch.arange(6) % 3), opts)
+            >>> obj.batch_sizes, obj.loss_spec.units
+            ([4, 2], '1')
+        """
+        kwargs = options.objective_kwargs()
+        unknown = sorted(set(overrides) - set(kwargs))
+        if unknown:
+            raise TypeError(f"Objective.from_options: unknown override(s) {unknown}; accepted: {', '.join(kwargs)}")
+        kwargs.update(overrides)
+        return cls(model, data, **kwargs)
 
     # ------------------------------------------------------------------ flat <-> named
     def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:
@@ -261,36 +330,52 @@ class Objective:
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a flat vector into ``{name: tensor}`` with the group's shapes (views)."""
-        self._check_flat(flat, "theta")
+        self.check_flat(flat, "theta")
         return {
             n: (t.view(s) if t.dtype == d else t.view(s).to(d))
             for n, t, s, d in zip(self.names, flat.split(self._numels), self.shapes, self._param_dtypes)
         }
 
-    def _check_flat(self, flat: Tensor, what: str) -> None:
+    def check_flat(self, flat: Tensor, what: str) -> None:
+        """Raise ``ValueError`` unless ``flat`` is a 1-D vector of the group's dimension."""
         if flat.ndim != 1 or flat.shape[0] != self.numel:
             raise ValueError(
                 f"{what} must be a flat vector of length {self.numel} (the group's dimension), "
                 f"got shape {tuple(flat.shape)}"
             )
 
-    def _theta(self, theta: Tensor | None) -> Tensor:
+    def point(self, theta: Tensor | None) -> Tensor:
+        """``theta`` checked and on the objective's device (``None``: ``theta0``)."""
         if theta is None:
             return self.theta0
-        self._check_flat(theta, "theta")
+        self.check_flat(theta, "theta")
         if theta.device != self.device:
             theta = theta.to(self.device)
         return theta
 
-    def _batch_ids(self, batch: int | None) -> list[int]:
+    def batch_ids(self, batch: int | None) -> list[int]:
+        """The batches ``batch`` stands for: all (``None``) or one (negative indices allowed)."""
         if batch is None:
             return list(range(self.num_batches))
         if not isinstance(batch, int) or not -self.num_batches <= batch < self.num_batches:
             raise IndexError(f"batch={batch!r} is out of range: there are {self.num_batches} batches")
         return [batch % self.num_batches]
 
-    def _weight(self, i: int, batch: int | None) -> float:
-        return 1.0 if batch is not None else self.batch_sizes[i] / self.num_samples
+    def accumulate(self, fn: Callable[[int], Tensor], batch: int | None = None, kind: str | None = None) -> Tensor:
+        """``sum_i w_i fn(i)`` in float64 over the batches of ``batch``, the one batch loop.
+
+        ``w_i = b_i / N`` for the data-set mean (``batch=None``: the exact mean over examples of
+        a mean-reduced loss, whatever the batch sizes), ``1`` for a single batch. ``kind``
+        counts one evaluation per batch in :attr:`calls`. Differentiable through ``fn``.
+        """
+        total = None
+        for i in self.batch_ids(batch):
+            w = 1.0 if batch is not None else self.batch_sizes[i] / self.num_samples
+            value = fn(i).to(torch.float64) * w
+            total = value if total is None else total + value
+            if kind is not None:
+                self.calls[kind] += 1
+        return total
 
     # ------------------------------------------------------------------ the function
     def _state(self, theta: Tensor) -> dict[str, Tensor]:
@@ -305,25 +390,23 @@ class Objective:
         return state
 
     def _forward(self, theta: Tensor, i: int) -> Tensor:
-        x = self._batches[i][0]
+        args, kwargs = _inputs.as_call(self._batches[i][0])
         with _modes(self.model, self.bn_mode == "train"):
-            z = functional_call(self.model, self._state(theta), (x,))
+            out = functional_call(self.model, self._state(theta), args, kwargs)
+        z = _inputs.model_output(out, self.output_fn)
         if self.logit_normalize:
             z = z - z.mean(dim=-1, keepdim=True)
             z = z / z.norm(dim=-1, keepdim=True).clamp_min(LOGIT_NORM_FLOOR)
         return z
 
-    def _batch_loss(self, theta: Tensor, i: int) -> Tensor:
-        z = self._forward(theta, i)
-        y = self._batches[i][1]
-        if self.loss_name == "ce":
-            return F.cross_entropy(z, y)
-        return F.mse_loss(z, F.one_hot(y, z.shape[-1]).to(z.dtype))
+    def batch_loss(self, theta: Tensor, i: int) -> Tensor:
+        """Mean loss of batch ``i`` at ``theta`` (the loss callable's value; model dtype)."""
+        return self.loss_spec(self._forward(theta, i), self._batches[i][1])
 
     def batch_loss_fn(self, i: int) -> Callable[[Tensor], Tensor]:
         """``theta -> mean loss of batch i`` as a pure function (for ``torch.func`` transforms)."""
-        self._batch_ids(i)
-        return lambda theta: self._batch_loss(theta, i)
+        self.batch_ids(i)
+        return lambda theta: self.batch_loss(theta, i)
 
     # ------------------------------------------------------------------ public evaluations
     def loss(self, theta: Tensor | None = None, batch: int | None = None) -> Tensor:
@@ -331,13 +414,8 @@ class Objective:
 
         Differentiable in ``theta`` when ``theta`` requires grad (or under ``torch.func``).
         """
-        theta = self._theta(theta)
-        total = None
-        for i in self._batch_ids(batch):
-            li = self._batch_loss(theta, i).to(torch.float64) * self._weight(i, batch)
-            total = li if total is None else total + li
-            self.calls["loss"] += 1
-        return total
+        theta = self.point(theta)
+        return self.accumulate(lambda i: self.batch_loss(theta, i), batch, "loss")
 
     def loss_and_grad(self, theta: Tensor | None = None, batch: int | None = None) -> tuple[Tensor, Tensor]:
         """Mean loss (float64 scalar) and its gradient (``theta0``'s dtype); one forward and one
@@ -347,21 +425,19 @@ class Objective:
         ``torch.func.grad_and_value`` and 22-47 % cheaper per call on CPU conv nets (measured
         for the sharpness analysis on ResNet-20).
         """
-        theta = self._theta(theta).detach()
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        g = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
-        for i in self._batch_ids(batch):
+        theta = self.point(theta).detach()
+
+        def one(i: int) -> Tensor:
             t = theta.clone().requires_grad_(True)
             with torch.enable_grad():
-                li = self._batch_loss(t, i)
+                li = self.batch_loss(t, i)
                 # A loss that does not depend on the group at all has no graph: zero gradient.
                 gi = torch.autograd.grad(li, t, allow_unused=True)[0] if li.requires_grad else None
-            w = self._weight(i, batch)
-            loss += w * li.detach().to(torch.float64)
-            if gi is not None:  # None: the loss does not depend on the group at all
-                g += w * gi.to(torch.float64)
-            self.calls["grad"] += 1
-        return loss, g.to(theta.dtype)
+            gi = torch.zeros_like(t) if gi is None else gi
+            return torch.cat([li.detach().reshape(1).to(torch.float64), gi.detach().to(torch.float64)])
+
+        out = self.accumulate(one, batch, "grad")
+        return out[0], out[1:].to(theta.dtype)
 
     def grad(self, theta: Tensor | None = None, batch: int | None = None) -> Tensor:
         """Gradient of :meth:`loss` in ``theta`` (``theta0``'s dtype)."""
@@ -370,158 +446,75 @@ class Objective:
     def hvp(
         self, v: Tensor, theta: Tensor | None = None, batch: int | None = None, *, method: str = "jvp"
     ) -> Tensor:
-        """Hessian-vector product ``H(theta) v``, by default forward-over-reverse (``jvp`` of ``grad``).
-
-        Batches are accumulated as ``sum_i (b_i/N) H_i v`` in float64; the result has
-        ``theta0``'s dtype. Parameters the loss does not use give zero rows.
-
-        Args:
-            v: flat vector of the group's dimension.
-            theta: the point (``None``: ``theta0``).
-            batch: one batch, or ``None`` for the data-set mean.
-            method: "jvp" (forward-over-reverse) or "double-backward" (reverse-over-reverse, as
-                PyHessian); both recompute everything per call (constant memory). Measured on
-                CPU (torch 2.13, a 28k-parameter BatchNorm CNN) double-backward is ~2x faster;
-                see :meth:`hvp_operator` for ``linearize``.
-        """
-        if method not in ("jvp", "double-backward"):
-            raise ValueError(f"method={method!r} is not accepted by hvp; accepted: jvp, double-backward "
-                             "(linearize: use hvp_operator)")
-        theta = self._theta(theta).detach()
-        self._check_flat(v, "v")
-        v = v.to(device=self.device, dtype=theta.dtype)
-        out = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
-        for i in self._batch_ids(batch):
-            if method == "jvp":
-                hv = jvp(grad(self.batch_loss_fn(i)), (theta,), (v,))[1]
-            else:
-                hv = self._hvp_double_backward(theta, i, v)
-            out += self._weight(i, batch) * hv.to(torch.float64)
-            self.calls["hvp"] += 1
-        return out.to(theta.dtype)
-
-    def _hvp_double_backward(self, theta: Tensor, i: int, v: Tensor) -> Tensor:
-        t = theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self._batch_loss(t, i), t, create_graph=True)
-            if not g.requires_grad:  # the loss is linear in theta: zero Hessian
-                return torch.zeros_like(t)
-            (hv,) = torch.autograd.grad(g, t, v)
-        return hv.detach()
+        """Hessian-vector product ``H(theta) v`` recomputed per call: "jvp" (forward-over-reverse,
+        default) or "double-backward"; see :mod:`landscape.hvp` (and :meth:`hvp_operator` for
+        "linearize" and "retained-graph")."""
+        return _hvp.hvp(self, v, theta, batch, method=method)
 
     def resolve_hvp_method(self, method: str = "auto", batch: int | None = None) -> str:
-        """The concrete HVP method for ``method`` ("auto" or one of ``HVP_METHODS``).
-
-        "auto": "retained-graph" when the products cover one batch, else "double-backward".
-        Measured on CPU (bench/bench_hessian.py): a kept gradient graph costs one backward per
-        product (81 ms vs 107 ms recomputed, 17.5k-parameter ResNet), as fast as linearize
-        without its seconds-long trace; its memory is one batch's graph, so only then.
-        """
-        if method == "auto":
-            return "retained-graph" if len(self._batch_ids(batch)) == 1 else "double-backward"
-        if method not in HVP_METHODS:
-            raise ValueError(f"method={method!r} is not accepted; accepted: {', '.join(HVP_METHODS)}, auto")
-        return method
+        """The concrete HVP method for ``method`` (see :func:`landscape.hvp.resolve_method`)."""
+        return _hvp.resolve_method(self, method, batch)
 
     def hvp_operator(
         self, theta: Tensor | None = None, batch: int | None = None, *, method: str = "jvp"
     ) -> Callable[[Tensor], Tensor]:
-        """A matvec ``v -> H(theta) v`` at a fixed point, for Lanczos and trace estimators.
-
-        Args:
-            theta: the point (``None``: ``theta0``).
-            batch: one batch, or ``None`` for the data-set mean.
-            method: "jvp" (forward-over-reverse) or "double-backward" (reverse-over-reverse),
-                both recomputed per call in constant memory (see :meth:`hvp`);
-                "retained-graph" (reverse-over-reverse on gradient graphs built once and kept:
-                one backward per product, about 1.5x faster than "double-backward", memory for
-                every batch's graph); or "linearize"
-                (``torch.func.linearize`` of the gradient, traced once per batch and replayed:
-                the fastest per product once traced - 0.14 s vs 0.23 s double-backward and
-                0.52 s jvp on a 28k-parameter CNN, 256 samples, 1 CPU thread - but the trace
-                costs ~50-100 products and every batch's linearized graph stays in memory, so
-                use it for in-memory sets of a few batches and many products).
-
-            "auto": see :meth:`resolve_hvp_method`.
-
-        The returned function counts its products in ``self.calls["hvp"]``.
-        """
-        method = self.resolve_hvp_method(method, batch)
-        theta = self._theta(theta).detach()
-        if method in ("jvp", "double-backward"):
-            self._batch_ids(batch)
-            return lambda v: self.hvp(v, theta, batch, method=method)
-        ids = self._batch_ids(batch)
-        weights = [self._weight(i, batch) for i in ids]
-        if method == "retained-graph":
-            return self._retained_graph_operator(theta, ids, weights)
-        with warnings.catch_warnings():
-            # torch.fx constant folding inside linearize warns about its own graph internals.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            fns = [linearize(grad(self.batch_loss_fn(i)), theta)[1] for i in ids]
-
-        def matvec(v: Tensor) -> Tensor:
-            self._check_flat(v, "v")
-            v = v.to(device=self.device, dtype=theta.dtype)
-            out = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
-            for fn, w in zip(fns, weights):
-                out += w * fn(v).detach().to(torch.float64)
-                self.calls["hvp"] += 1
-            return out.to(theta.dtype)
-
-        return matvec
-
-    def _retained_graph_operator(self, theta: Tensor, ids: list[int], weights: list[float]) -> Callable[[Tensor], Tensor]:
-        """Reverse-over-reverse with each batch's gradient graph built once and kept (as
-        PyHessian does): one backward pass per product and batch, no set-up cost, but every
-        batch's graph stays in memory."""
-        t = theta.clone().requires_grad_(True)
-        grads = []
-        with torch.enable_grad():
-            for i in ids:
-                li = self._batch_loss(t, i)
-                g = torch.autograd.grad(li, t, create_graph=True, allow_unused=True)[0] if li.requires_grad else None
-                grads.append(g if g is not None and g.requires_grad else None)
-
-        def matvec(v: Tensor) -> Tensor:
-            self._check_flat(v, "v")
-            v = v.to(device=self.device, dtype=theta.dtype)
-            out = torch.zeros(self.numel, dtype=torch.float64, device=self.device)
-            for g, w in zip(grads, weights):
-                if g is not None:  # None: loss linear in theta, zero Hessian
-                    (hv,) = torch.autograd.grad(g, t, v, retain_graph=True, allow_unused=True)
-                    if hv is not None:
-                        out += w * hv.detach().to(torch.float64)
-                self.calls["hvp"] += 1
-            return out.to(theta.dtype)
-
-        return matvec
+        """A matvec ``v -> H(theta) v`` at a fixed point, for Lanczos and trace estimators, by
+        one of the methods of :mod:`landscape.hvp` ("jvp", "double-backward", "retained-graph",
+        "linearize", "auto"); its products are counted in ``self.calls["hvp"]``."""
+        return _hvp.operator(self, theta, batch, method=method)
 
     @torch.no_grad()
     def logits(self, theta: Tensor | None = None, batch: int | None = None) -> Tensor:
         """Model outputs (after logit normalization if enabled): ``(N, C)`` or one batch's."""
-        theta = self._theta(theta)
+        theta = self.point(theta)
         outs = []
-        for i in self._batch_ids(batch):
+        for i in self.batch_ids(batch):
             outs.append(self._forward(theta, i))
             self.calls["logits"] += 1
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
+    @property
+    def class_targets(self) -> bool:
+        """Whether the targets are class indices (integer), so a classification error exists."""
+        return not self._batches[0][1].is_floating_point() and self._batches[0][1].dtype != torch.bool
+
+    def _wrong(self, z: Tensor, i: int) -> Tensor:
+        y = self._batches[i][1]
+        if not class_targets(z, y):
+            raise ValueError(
+                f"classification error needs class-index targets (integer, shape output.shape[:-1]); got targets "
+                f"{y.dtype} {tuple(y.shape)} for outputs {tuple(z.shape)}"
+            )
+        return (z.argmax(dim=-1) != y).sum().to(torch.float64)
+
     @torch.no_grad()
     def error(self, theta: Tensor | None = None, batch: int | None = None) -> Tensor:
-        """Misclassification rate (float64 scalar) over the data set or one batch."""
-        theta = self._theta(theta)
-        wrong, total = 0, 0
-        for i in self._batch_ids(batch):
-            z = self._forward(theta, i)
-            self.calls["logits"] += 1
-            wrong += int((z.argmax(dim=-1) != self._batches[i][1]).sum())
-            total += self.batch_sizes[i]
-        return torch.tensor(wrong / total, dtype=torch.float64)
+        """Misclassification rate (float64 scalar) over the data set or one batch (class-index
+        targets only; ``ValueError`` otherwise)."""
+        theta = self.point(theta)
+        # Per-batch rates weighted by b_i / N: the rate over all examples.
+        return self.accumulate(lambda i: self._wrong(self._forward(theta, i), i) / self.batch_sizes[i], batch, "logits")
 
-    def batches(self) -> list[tuple[Tensor, Tensor]]:
-        """The fixed ``(x, y)`` batches (on the model's device, cast to ``dtype`` if given)."""
+    @torch.no_grad()
+    def loss_and_error(self, theta: Tensor | None = None, batch: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Mean loss and misclassification rate (float64 scalars) from one forward per batch;
+        the error is ``None`` when the targets are not class indices."""
+        theta = self.point(theta)
+        errors = self.class_targets
+
+        def one(i: int) -> Tensor:
+            z = self._forward(theta, i)
+            li = self.loss_spec(z, self._batches[i][1]).reshape(1).to(torch.float64)
+            if not errors:
+                return li
+            rate = self._wrong(z, i) / self.batch_sizes[i]
+            return torch.cat([li, rate.reshape(1)])
+
+        out = self.accumulate(one, batch, "loss")
+        return out[0], (out[1] if errors else None)
+
+    def batches(self) -> list[tuple[_inputs.Inputs, Tensor]]:
+        """The fixed ``(inputs, targets)`` batches (on the model's device, cast to ``dtype`` if given)."""
         return list(self._batches)
 
     def check_finite(self, theta: Tensor | None = None) -> float:

@@ -1,4 +1,10 @@
-"""Progress reporting: a tqdm bar on a terminal, sparse log lines otherwise (Slurm logs)."""
+"""Progress reporting: a tqdm bar on a terminal or in a notebook, sparse log lines otherwise.
+
+The one mechanism behind every ``progress=`` keyword (``train``, ``analyze``,
+``hessian_spectrum``, ``sharpness``): enabled by default; where there is no terminal or notebook
+(Slurm logs, CI) it writes a line to the ``landscape`` logger every ~5 % or 60 s, which shows
+once logging is configured (e.g. ``logging.basicConfig(level=logging.INFO)``).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,22 @@ import time
 log = logging.getLogger("landscape")
 
 
+def interactive() -> bool:
+    """A terminal (stderr is a TTY) or a Jupyter/IPython kernel, where tqdm can draw a bar."""
+    try:
+        if sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return False
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    ip = getattr(shell, "get_ipython", lambda: None)()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
 class Progress:
-    """Counts work units; shows tqdm when stderr is a TTY, else logs every ~5 % or 60 s.
+    """Counts work units; shows tqdm on a terminal or in a notebook, else logs every ~5 % or 60 s.
 
     Example:
         >>> with Progress(10, "demo", enabled=False) as p:
@@ -25,7 +45,7 @@ class Progress:
         self._bar = None
         self._t0 = self._last_t = time.monotonic()
         self._last_frac = 0.0
-        if enabled and sys.stderr.isatty():
+        if enabled and interactive():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)

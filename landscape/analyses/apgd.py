@@ -51,6 +51,12 @@ from typing import Literal
 
 import torch
 
+# The steepest-ascent direction is the SAM ascent step's (one home: landscape.ascent); in u-space
+# each Auto-PGD step is the (A)SAM step of radius eta from u.
+from landscape.ascent import ascent_direction
+
+__all__ = ["APGDResult", "apgd", "ascent_direction", "checkpoints", "lp_norm", "project"]
+
 Norm = Literal["linf", "l2"]
 ValueAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor | float, torch.Tensor]]
 
@@ -121,14 +127,6 @@ def project(u: torch.Tensor, rho: float, norm: Norm) -> torch.Tensor:
     # boundary, found by a property test); torch.where keeps this free of host syncs.
     n = torch.linalg.vector_norm(u)
     return u * torch.where(n > rho, rho / n, torch.ones_like(n))
-
-
-def ascent_direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Steepest-ascent unit direction for the dual pair: ``sign(g)`` or ``g / ||g||_2``."""
-    if norm == "linf":
-        return torch.sign(g)
-    n = torch.linalg.vector_norm(g)
-    return torch.where(n > 0, g / n.clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(g))
 
 
 def lp_norm(u: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -30,9 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import json
+import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,11 +41,13 @@ import numpy as np
 import torch
 import xarray as xr
 
+from landscape.analyses.common import make_options, stamp
 from landscape.analyses.lanczos import lanczos
 from landscape.analyses.slq import default_grid, default_sigma, gaussian_density, slq
 from landscape.analyses.trace import hutchinson, hutchpp
-from landscape.config import Options, check
-from landscape.objective import Objective
+from landscape.config import check
+from landscape.objective import Objective, ObjectiveOptions
+from landscape.progress import Progress
 
 __all__ = ["HessianOptions", "hessian_spectrum"]
 
@@ -52,8 +55,9 @@ PARTS = ("eigenvalues", "trace", "density")
 
 
 @dataclass(frozen=True)
-class HessianOptions(Options):
-    """Options of :func:`hessian_spectrum` (same names, same defaults).
+class HessianOptions(ObjectiveOptions):
+    """Options of :func:`hessian_spectrum` (same names, same defaults), on top of the shared
+    objective options of :class:`~landscape.objective.ObjectiveOptions`.
 
     Defaults and where they come from: ``slq_steps=90`` and ``slq_runs=10`` (Ghorbani et al.
     2019, used by SAM Fig. 3); ``trace_samples=99`` matvecs (Hutch++'s three equal thirds);
@@ -65,12 +69,6 @@ class HessianOptions(Options):
     which: Literal["LA", "SA", "LM"] = "LA"
     tol: float = 1e-3
     max_steps: int | None = None
-    params: str = "all"
-    batch_size: int = 256
-    max_samples: int | None = None
-    bn_mode: Literal["eval", "train"] = "eval"
-    logit_normalize: bool = False
-    loss: Literal["ce", "mse"] = "ce"
     eigenvectors: bool = False
     trace: bool = True
     trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
@@ -83,17 +81,14 @@ class HessianOptions(Options):
     sigma: float | None = None
     hvp_method: Literal["auto", "jvp", "linearize", "double-backward", "retained-graph"] = "auto"
     seed: int = 0
-    dtype: Literal["float32", "float64"] | None = None
 
     def validate(self) -> None:
+        super().validate()
         pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
         check(pos(self.top_k), f"HessianOptions.top_k must be a positive int, got {self.top_k!r}")
         check(self.tol > 0, f"HessianOptions.tol must be > 0, got {self.tol!r}")
         check(self.max_steps is None or (pos(self.max_steps) and self.max_steps >= self.top_k),
               f"HessianOptions.max_steps must be None or an int >= top_k={self.top_k}, got {self.max_steps!r}")
-        check(pos(self.batch_size), f"HessianOptions.batch_size must be a positive int, got {self.batch_size!r}")
-        check(self.max_samples is None or pos(self.max_samples),
-              f"HessianOptions.max_samples must be None or a positive int, got {self.max_samples!r}")
         check(pos(self.trace_samples) and self.trace_samples >= 3,
               f"HessianOptions.trace_samples (matvec budget) must be an int >= 3, got {self.trace_samples!r}")
         check(self.trace_rtol >= 0, f"HessianOptions.trace_rtol must be >= 0, got {self.trace_rtol!r}")
@@ -114,16 +109,19 @@ def hessian_spectrum(
     model: torch.nn.Module,
     data,
     *,
+    batch_size: int | None = 256,
+    max_samples: int | None = None,
+    bn_mode: str = "eval",
+    loss: str | Callable = "ce",
+    logit_normalize: bool = False,
+    params: str = "all",
+    dtype: str | torch.dtype | None = None,
+    batch_fn: str | Callable | None = None,
+    output_fn: str | Callable | None = None,
     top_k: int = 5,
     which: str = "LA",
     tol: float = 1e-3,
     max_steps: int | None = None,
-    params: str = "all",
-    batch_size: int = 256,
-    max_samples: int | None = None,
-    bn_mode: str = "eval",
-    logit_normalize: bool = False,
-    loss: str = "ce",
     eigenvectors: bool = False,
     trace: bool = True,
     trace_method: str = "hutch++",
@@ -136,24 +134,27 @@ def hessian_spectrum(
     sigma: float | None = None,
     hvp_method: str = "auto",
     seed: int = 0,
-    dtype: str | None = None,
+    progress: bool = True,
 ) -> xr.Dataset:
     """Top eigenvalues, trace and spectral density of the loss Hessian of a parameter group.
 
     Args:
         model: the network (never modified).
-        data: anything :class:`~landscape.objective.Objective` accepts (an ``ArrayDataset``, an
-            ``(x, y)`` tuple, an iterable of batches).
+        data: anything :class:`~landscape.objective.Objective` accepts (:mod:`landscape.inputs`:
+            a ``Dataset``, ``DataLoader``, ``(x, y)`` tuple, iterable of tuple or dict batches).
+        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
+            output_fn: the shared objective options (:class:`~landscape.objective.ObjectiveOptions`);
+            ``loss`` also takes a callable or ``nn.Module``, ``dtype`` a ``torch.dtype``,
+            ``batch_fn`` / ``output_fn`` callables (all recorded by name in ``config_json``).
+            ``params`` selects the Hessian block of a group (the other parameters, and frozen
+            ones with ``requires_grad=False``, fixed); ``bn_mode="train"`` is a different,
+            partition-dependent matrix.
         top_k: number of eigenvalues (``<= `` the group's dimension).
         which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
         tol: relative Ritz-residual tolerance of Lanczos.
         max_steps: Lanczos budget (default ``min(P, max(20 top_k, 100))``).
-        params: parameter group ("all", "norm", "B3", "glob:...", ...): the Hessian block
-            of that group, the other parameters fixed.
-        batch_size, max_samples: the fixed batch partition of the data (first ``max_samples``).
-        bn_mode: "eval" (default) or "train" (a different, partition-dependent matrix).
-        logit_normalize, loss: loss options of the objective.
-        eigenvectors: also store the top-k Ritz vectors (dim ``parameter``, ``P`` floats each).
+        eigenvectors: also store the top-k Ritz vectors (dim ``parameter``, ``P`` floats each,
+            with coordinates ``parameter_name`` (the tensor) and ``parameter_offset``).
         trace, trace_method, trace_samples, trace_rtol: estimate the trace with Hutch++ (default)
             or Hutchinson, at most ``trace_samples`` HVPs, stopping when the standard error is
             ``<= trace_rtol * |trace|``.
@@ -165,30 +166,24 @@ def hessian_spectrum(
             "linearize", "double-backward" or "retained-graph"; see ``Objective.hvp_operator``
             for measured speeds.
         seed: seeds the Lanczos start, the trace probes and the SLQ starts (independently).
-        dtype: "float64" evaluates on float64 copies (exact references); ``None``: model dtype.
+        progress: a progress bar on a terminal or in a notebook, log lines otherwise
+            (:mod:`landscape.progress`); ``False``: silent.
 
     Returns:
         ``xr.Dataset`` with ``eigenvalues(k)``, ``eigenvalue_ratio(k)``, ``residuals(k)``,
         ``converged(k)``, optional ``eigenvectors(k, parameter)``, ``trace`` and
         ``trace_stderr``, ``density(grid)``, ``slq_nodes(run_slq, node)`` and
         ``slq_weights(run_slq, node)``, ``hvps(part)`` (full-data HVPs per part), ``loss``; attrs
-        ``config_json``, ``sigma``, the grid, sizes and timings.
+        ``config_json``, ``sigma``, the grid, sizes, costs and timings. Eigenvalues, trace,
+        nodes and the loss are in the loss's units ("nats" for cross-entropy, else "1").
 
     Raises:
         GroupError: the parameter group is empty.
         NonFiniteLossError: the loss at the checkpoint is NaN or infinite.
         ValueError: ``top_k`` larger than the group's dimension, or a bad option.
     """
-    opts = HessianOptions(
-        top_k=top_k, which=which, tol=tol, max_steps=max_steps, params=params, batch_size=batch_size,
-        max_samples=max_samples, bn_mode=bn_mode, logit_normalize=logit_normalize, loss=loss,
-        eigenvectors=eigenvectors, trace=trace, trace_method=trace_method, trace_samples=trace_samples,
-        trace_rtol=trace_rtol, density=density, slq_runs=slq_runs, slq_steps=slq_steps,
-        grid_points=grid_points, sigma=sigma, hvp_method=hvp_method, seed=seed, dtype=dtype,
-    )
-    obj = Objective(model, data, batch_size=opts.batch_size, max_samples=opts.max_samples,
-                    params=opts.params, bn_mode=opts.bn_mode, logit_normalize=opts.logit_normalize,
-                    loss=opts.loss, dtype=opts.dtype)
+    opts, objects = make_options(HessianOptions, locals())
+    obj = Objective.from_options(model, data, opts, **objects)
     P = obj.numel
     if opts.top_k > P:
         raise ValueError(
@@ -196,15 +191,28 @@ def hessian_spectrum(
             f"({P} parameters); use top_k <= {P}"
         )
     loss0 = obj.check_finite()
+    units = obj.loss_spec.units
     method = obj.resolve_hvp_method(opts.hvp_method)
     base = obj.hvp_operator(method=method)
     counts = dict.fromkeys(PARTS, 0)
     seconds = dict.fromkeys(PARTS, 0.0)
     part = ["eigenvalues"]
+    # The Lanczos count is a budget (it stops on its tolerance); the bar is an upper bound.
+    budget = (opts.max_steps or min(P, max(20 * opts.top_k, 100))) \
+        + (opts.trace_samples if opts.trace else 0) + (opts.slq_runs * opts.slq_steps if opts.density else 0)
+    bar = Progress(budget, f"hessian P={P}", enabled=progress)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         counts[part[0]] += 1
+        bar.update(1, postfix=part[0])
         return base(v)
+
+    with bar:
+        return _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method)
+
+
+def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) -> xr.Dataset:
+    P = obj.numel
 
     g_eig, g_trace, g_slq = _seeds(opts.seed)
     t0 = time.perf_counter()
@@ -215,24 +223,30 @@ def hessian_spectrum(
         warnings.warn(
             f"hessian_spectrum: {int((~eig.converged).sum())} of top_k={opts.top_k} eigenvalues did not reach "
             f"tol={opts.tol} within {eig.steps} Lanczos steps (see `residuals`); raise max_steps",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning, stacklevel=4,
         )
     lam = eig.eigenvalues.numpy()
     k = np.arange(1, opts.top_k + 1)
     data_vars: dict = {
-        "eigenvalues": ("k", lam, {"long_name": f"Hessian eigenvalues ({opts.which}, Ritz values)", "units": "1"}),
+        "eigenvalues": ("k", lam, {"long_name": f"Hessian eigenvalues ({opts.which}, Ritz values)", "units": units}),
         "eigenvalue_ratio": ("k", lam[0] / lam, {
             "long_name": "lambda_1 / lambda_k (SAM Section 4.2 reports lambda_max / lambda_5)", "units": "1"}),
         "residuals": ("k", eig.residuals.numpy(), {
             "long_name": "Ritz residual norm |beta_m s_mk| (bound on the eigenvalue error)", "units": "1"}),
         "converged": ("k", eig.converged.numpy().astype(np.int8), {
             "long_name": "residual <= tol * |eigenvalue| (1 = yes)", "units": "1"}),
-        "loss": ((), loss0, {"long_name": "mean loss at the checkpoint", "units": "1"}),
+        "loss": ((), loss0, {"long_name": f"mean loss at the checkpoint ({obj.loss_spec.spec})", "units": units}),
     }
     coords: dict = {"k": ("k", k, {"long_name": "eigenvalue rank", "units": "1"})}
     if opts.eigenvectors:
         data_vars["eigenvectors"] = (("k", "parameter"), eig.eigenvectors.cpu().numpy(), {
             "long_name": "unit Ritz vectors over the flattened parameter group", "units": "1"})
+        # Which tensor each entry belongs to (select order, row-major within a tensor).
+        coords["parameter_name"] = ("parameter", np.repeat(np.array(obj.names, dtype=object),
+                                                           [math.prod(sh) for sh in obj.shapes]),
+                                    {"long_name": "parameter tensor of each entry", "units": "1"})
+        coords["parameter_offset"] = ("parameter", np.concatenate([np.arange(math.prod(sh)) for sh in obj.shapes]),
+                                      {"long_name": "flat (row-major) index within the tensor", "units": "1"})
     attrs: dict = {}
 
     if opts.trace:
@@ -244,9 +258,9 @@ def hessian_spectrum(
         else:
             est = hutchinson(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
         seconds["trace"] = time.perf_counter() - t0
-        data_vars["trace"] = ((), est.trace, {"long_name": f"Hessian trace ({opts.trace_method})", "units": "1"})
+        data_vars["trace"] = ((), est.trace, {"long_name": f"Hessian trace ({opts.trace_method})", "units": units})
         data_vars["trace_stderr"] = ((), est.stderr, {
-            "long_name": "standard error of the trace estimate", "units": "1"})
+            "long_name": "standard error of the trace estimate", "units": units})
         attrs["trace_converged"] = int(est.converged)
 
     if opts.density:
@@ -259,15 +273,15 @@ def hessian_spectrum(
         seconds["density"] = time.perf_counter() - t0
         # A non-index coordinate: every checkpoint has its own grid, and an index would stop
         # open_results from combining files over (run, step).
-        coords["eigenvalue"] = ("grid", grid.numpy(), {"long_name": "eigenvalue (density grid)", "units": "1"})
+        coords["eigenvalue"] = ("grid", grid.numpy(), {"long_name": "eigenvalue (density grid)", "units": units})
         data_vars["density_sigma"] = ((), s, {
-            "long_name": "standard deviation of the Gaussian broadening of the SLQ density", "units": "1"})
+            "long_name": "standard deviation of the Gaussian broadening of the SLQ density", "units": units})
         coords["run_slq"] = ("run_slq", np.arange(opts.slq_runs), {"long_name": "SLQ start vector", "units": "1"})
         coords["node"] = ("node", np.arange(nodes.shape[1]), {"long_name": "quadrature node index", "units": "1"})
         data_vars["density"] = ("grid", dens.numpy(), {
             "long_name": "spectral density (SLQ, Gaussian broadening sigma)", "units": "1"})
         data_vars["slq_nodes"] = (("run_slq", "node"), nodes.numpy(), {
-            "long_name": "SLQ nodes (Ritz values; NaN after an early invariant subspace)", "units": "1"})
+            "long_name": "SLQ nodes (Ritz values; NaN after an early invariant subspace)", "units": units})
         data_vars["slq_weights"] = (("run_slq", "node"), weights.numpy(), {
             "long_name": "SLQ weights (squared first eigenvector components; sum 1 per run)", "units": "1"})
         attrs.update(sigma=s, grid_min=float(grid[0]), grid_max=float(grid[-1]), grid_points=int(grid.numel()))
@@ -276,11 +290,6 @@ def hessian_spectrum(
     data_vars["hvps"] = ("part", np.array([counts[p] for p in PARTS], dtype=np.int64), {
         "long_name": "Hessian-vector products over the whole data set", "units": "1"})
     attrs.update(
-        analysis="hessian",
-        config_json=json.dumps(opts.to_dict(), sort_keys=True, default=list),
-        num_parameters=int(P),
-        num_samples=int(obj.num_samples),
-        num_batches=int(obj.num_batches),
         params=str(opts.params),
         bn_mode=opts.bn_mode,
         hvp_method=method,
@@ -292,4 +301,4 @@ def hessian_spectrum(
         note=("bn_mode='train': BatchNorm uses batch statistics over the fixed partition; this is a different "
               "matrix from the eval-mode Hessian and depends on batch_size") if opts.bn_mode == "train" else "",
     )
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return stamp(xr.Dataset(data_vars, coords=coords, attrs=attrs), "hessian", opts, obj)

@@ -12,35 +12,33 @@ between gradient and momentum.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import nn
 
-from landscape.config import Options, check
-from landscape.objective import Objective
+from landscape.analyses.common import make_options, stamp
+from landscape.config import check
+from landscape.objective import Objective, ObjectiveOptions
+
+__all__ = ["MomentumOptions", "momentum_curvature", "momentum_from_checkpoint"]
 
 
 @dataclass(frozen=True)
-class MomentumOptions(Options):
-    """Options of :func:`momentum_curvature` (the momentum itself comes from the checkpoint)."""
+class MomentumOptions(ObjectiveOptions):
+    """Options of :func:`momentum_curvature` (the momentum itself comes from the checkpoint),
+    on top of the shared :class:`~landscape.objective.ObjectiveOptions`."""
 
     random_directions: int = 5
-    params: str = "all"
-    batch_size: int = 256
-    max_samples: int | None = None
-    bn_mode: Literal["eval", "train"] = "eval"
     seed: int = 0
-    dtype: Literal["float32", "float64"] | None = None
 
     def validate(self) -> None:
-        check(self.random_directions >= 0, f"MomentumOptions.random_directions must be >= 0, got {self.random_directions}")
-        check(self.batch_size >= 1, f"MomentumOptions.batch_size must be >= 1, got {self.batch_size}")
-        check(self.max_samples is None or self.max_samples >= 1,
-              f"MomentumOptions.max_samples must be None or >= 1, got {self.max_samples}")
+        super().validate()
+        check(isinstance(self.random_directions, int) and self.random_directions >= 0,
+              f"MomentumOptions.random_directions must be an int >= 0, got {self.random_directions!r}")
 
 
 def momentum_curvature(
@@ -48,30 +46,37 @@ def momentum_curvature(
     data,
     momentum: dict[str, torch.Tensor],
     *,
-    random_directions: int = 5,
-    params: str = "all",
-    batch_size: int = 256,
+    batch_size: int | None = 256,
     max_samples: int | None = None,
     bn_mode: str = "eval",
+    loss: str | Callable = "ce",
+    logit_normalize: bool = False,
+    params: str = "all",
+    dtype: str | torch.dtype | None = None,
+    batch_fn: str | Callable | None = None,
+    output_fn: str | Callable | None = None,
+    random_directions: int = 5,
     seed: int = 0,
-    dtype: str | None = None,
 ) -> xr.Dataset:
     """Curvature ``u^T H u`` and slope ``g^T u`` along momentum, gradient and random directions.
 
     Args:
         model: the network (not modified).
-        data: training data (``ArrayDataset``, ``(x, y)`` or batches); the first ``max_samples``.
+        data: training data in any form of :mod:`landscape.inputs`; the first ``max_samples``.
         momentum: momentum buffers by parameter name (``Checkpoint.momentum()``); parameters of
             the group without a buffer count as zero.
+        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
+            output_fn: the shared objective options (:class:`landscape.objective.ObjectiveOptions`;
+            ``loss`` may be a callable, ``dtype`` a ``torch.dtype``). ``params``: the group
+            (``"all"``, ``"norm"``, ...; frozen parameters are never in it).
         random_directions: number of Gaussian directions (seeded), MSAM A.4's "random".
-        params: parameter group (``"all"``, ``"norm"``, ...; :mod:`landscape.params`).
-        batch_size, max_samples, bn_mode, dtype: as in :class:`landscape.Objective`.
         seed: seeds the random directions.
 
     Returns:
         Dataset over ``direction`` (``momentum``, ``gradient``, ``random_0``...) with ``curvature``,
         ``slope`` and ``direction_norm`` (norm before normalizing), plus scalars ``cosine``
-        (gradient vs momentum), ``loss`` and ``hvps``.
+        (gradient vs momentum), ``loss`` and ``hvps``; curvature, slope and loss in the loss's
+        units.
 
     Example:
         >>> import torch
@@ -83,16 +88,14 @@ def momentum_curvature(
         >>> ds.direction.values.tolist()
         ['momentum', 'gradient', 'random_0', 'random_1']
     """
-    opts = MomentumOptions(random_directions=random_directions, params=params, batch_size=batch_size,
-                           max_samples=max_samples, bn_mode=bn_mode, seed=seed, dtype=dtype)
-    obj = Objective(model, data, batch_size=batch_size, max_samples=max_samples, params=params,
-                    bn_mode=bn_mode, dtype=dtype)
+    opts, objects = make_options(MomentumOptions, locals())
+    obj = Objective.from_options(model, data, opts, **objects)
     loss0 = obj.check_finite()
     missing = [n for n in obj.names if n not in momentum]
     if len(missing) == len(obj.names):
         raise ValueError(
             f"momentum_curvature: the momentum buffers cover none of the {len(obj.names)} parameters of "
-            f"group {params!r} (e.g. {obj.names[0]!r}); pass Checkpoint.momentum() of the same model"
+            f"group {opts.params!r} (e.g. {obj.names[0]!r}); pass Checkpoint.momentum() of the same model"
         )
     theta = obj.theta0
     # flatten checks every buffer's shape against its parameter
@@ -101,9 +104,9 @@ def momentum_curvature(
         for n, s in zip(obj.names, obj.shapes)
     })
     _, g = obj.loss_and_grad(theta)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(opts.seed))
     dirs = {"momentum": v, "gradient": g}
-    for i in range(random_directions):
+    for i in range(opts.random_directions):
         dirs[f"random_{i}"] = torch.randn(obj.numel, generator=gen, dtype=torch.float64).to(theta)
     hvp = obj.hvp_operator(theta, method="auto")
     names, curv, slope, norms = [], [], [], []
@@ -120,22 +123,23 @@ def momentum_curvature(
         slope.append(float(torch.dot(g.double(), u.double())))
     gn, vn = float(torch.linalg.vector_norm(g.double())), float(torch.linalg.vector_norm(v.double()))
     cosine = float(torch.dot(g.double(), v.double()) / (gn * vn)) if gn > 0 and vn > 0 else float("nan")
-    return xr.Dataset(
+    units = obj.loss_spec.units
+    ds = xr.Dataset(
         {
             "curvature": ("direction", np.asarray(curv), {
-                "long_name": "curvature u^T H u along the unit direction (MSAM Appendix A.4)", "units": "1"}),
+                "long_name": "curvature u^T H u along the unit direction (MSAM Appendix A.4)", "units": units}),
             "slope": ("direction", np.asarray(slope), {
-                "long_name": "directional derivative g^T u of the loss", "units": "1"}),
+                "long_name": "directional derivative g^T u of the loss", "units": units}),
             "direction_norm": ("direction", np.asarray(norms), {
                 "long_name": "norm of the direction before normalization", "units": "1"}),
             "cosine": ((), cosine, {"long_name": "cosine between gradient and momentum", "units": "1"}),
-            "loss": ((), loss0, {"long_name": "mean loss at the checkpoint", "units": "1"}),
+            "loss": ((), loss0, {"long_name": "mean loss at the checkpoint", "units": units}),
             "hvps": ((), int(obj.calls["hvp"]), {"long_name": "Hessian-vector products (full data)", "units": "1"}),
         },
         coords={"direction": ("direction", names, {"long_name": "direction", "units": "1"})},
-        attrs={"config_json": opts.to_json(), "num_parameters": int(obj.numel), "num_samples": int(obj.num_samples),
-               "missing_momentum": json.dumps(missing)},
+        attrs={"missing_momentum": json.dumps(missing)},
     )
+    return stamp(ds, "momentum", opts, obj)
 
 
 def momentum_from_checkpoint(checkpoint) -> dict[str, dict[str, torch.Tensor]]:

@@ -9,7 +9,6 @@ beta, so a folder of checkpoints becomes their distribution over training steps.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from landscape.analyses.common import stamp
 from landscape.config import Options, check
 from landscape.params import is_norm_module
 
@@ -146,9 +146,8 @@ def norm_params(
             "layer_type": ("layer", [type(m).__name__ for m in layers.values()],
                            {"long_name": "normalization layer class", "units": "1"}),
         },
-        attrs={"config_json": json.dumps(opts.to_dict(), sort_keys=True, default=list)},
     )
-    return ds
+    return stamp(ds, "norm_params", opts)
 
 
 __all__ = ["NormParamsOptions", "norm_layers", "norm_params"]

@@ -45,25 +45,27 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
 from landscape.analyses.apgd import apgd, lp_norm
-from landscape.config import ConfigError, Options, check
-from landscape.objective import NonFiniteLossError, Objective
+from landscape.analyses.common import make_options, stamp
+from landscape.ascent import ascent_step
+from landscape.config import ConfigError, check
+from landscape.objective import NonFiniteLossError, Objective, ObjectiveOptions
+from landscape.progress import Progress
 
 __all__ = ["SharpnessOptions", "sharpness"]
 
 
 @dataclass(frozen=True)
-class SharpnessOptions(Options):
+class SharpnessOptions(ObjectiveOptions):
     """Options of :func:`sharpness` (same names, same defaults; ``rho`` as a tuple).
 
     Defaults: SAM-ON Appendix B.10 / Andriushchenko et al. (2023): worst case, adaptive l-inf,
@@ -71,11 +73,22 @@ class SharpnessOptions(Options):
     the middle of SAM-ON Table 6's 20-step radii (0.003, 0.005, 0.007); 20 average-case draws
     per batch as in Andriushchenko et al.'s sweeps.
 
+    The protocol's names are kept: ``m`` *is* the objective's batch size and ``n`` its sample
+    count (the shared ``batch_size`` / ``max_samples`` are left ``None``; a value that differs
+    from ``m`` / ``n`` is rejected, so there is one way to say it). A scalar ``rho`` (e.g. from
+    ``--set sharpness.rho=0.01``) becomes a one-element tuple.
+
     Example:
         >>> SharpnessOptions.from_dict({"rho": [0.003, 0.005], "norm": "l2"}).rho
         (0.003, 0.005)
+        >>> SharpnessOptions.from_dict({"rho": 0.01}).rho
+        (0.01,)
+        >>> SharpnessOptions(m=64, n=256).objective_kwargs()["batch_size"], SharpnessOptions(n=256).required_samples()
+        (64, 256)
     """
 
+    batch_size: int | None = None
+    max_samples: int | None = None
     kind: Literal["worst", "average", "one-step"] = "worst"
     norm: Literal["linf", "l2"] = "linf"
     rho: tuple[float, ...] = (0.005,)
@@ -87,15 +100,20 @@ class SharpnessOptions(Options):
     restarts: int = 1
     samples: int = 20
     distribution: Literal["gaussian", "uniform"] = "gaussian"
-    logit_normalize: bool = False
-    params: str = "all"
-    bn_mode: Literal["eval", "train"] = "eval"
     seed: int = 0
-    dtype: str | None = None
 
     def validate(self) -> None:
+        rho = self.rho
+        if isinstance(rho, torch.Tensor | np.ndarray):
+            rho = rho.tolist()
+        if isinstance(rho, int | float) and not isinstance(rho, bool):
+            rho = (rho,)
+        if isinstance(rho, Sequence) and not isinstance(rho, str):
+            rho = tuple(float(r) if isinstance(r, int | float) and not isinstance(r, bool) else r for r in rho)
+            object.__setattr__(self, "rho", rho)
+        super().validate()
         check(isinstance(self.rho, tuple) and len(self.rho) > 0,
-              f"SharpnessOptions.rho must be a non-empty tuple of radii, got {self.rho!r}")
+              f"SharpnessOptions.rho must be a number or a non-empty tuple of radii, got {self.rho!r}")
         for r in self.rho:
             check(isinstance(r, int | float) and not isinstance(r, bool) and math.isfinite(r) and r > 0,
                   f"SharpnessOptions.rho must hold finite numbers > 0, got {r!r}")
@@ -104,32 +122,25 @@ class SharpnessOptions(Options):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                   f"SharpnessOptions.{name} must be an int >= 1, got {v!r}")
+        for shared, own in (("batch_size", "m"), ("max_samples", "n")):
+            v = getattr(self, shared)
+            check(v is None or v == getattr(self, own),
+                  f"SharpnessOptions.{shared}={v!r} conflicts with {own}={getattr(self, own)!r}: sharpness takes its "
+                  f"{'batch size' if own == 'm' else 'sample count'} from {own} (SAM-ON Appendix B.10); set {own} "
+                  f"and leave {shared} unset")
         check(self.n >= self.m, f"SharpnessOptions: n={self.n} must be >= m={self.m} (n examples in batches of m)")
         check(self.n % self.m == 0,
               f"SharpnessOptions: m={self.m} must divide n={self.n} so every batch has m examples "
               f"(e.g. n={self.n - self.n % self.m or self.m})")
         check(math.isfinite(self.eta) and self.eta >= 0, f"SharpnessOptions.eta must be >= 0, got {self.eta}")
         check(self.eta == 0 or self.adaptive, "SharpnessOptions.eta only applies with adaptive=True")
-        check(isinstance(self.params, str) and bool(self.params),
-              f"SharpnessOptions.params must be a parameter-group spec string, got {self.params!r}")
-        check(self.dtype in (None, "float32", "float64"),
-              f"SharpnessOptions.dtype={self.dtype!r} is not accepted; accepted: None, 'float32', 'float64'")
 
+    def objective_kwargs(self) -> dict[str, Any]:
+        """The objective's options: batches of ``m``, the first ``n`` examples."""
+        return {**super().objective_kwargs(), "batch_size": self.m, "max_samples": self.n}
 
-def _options(**kw) -> SharpnessOptions:
-    rho = kw["rho"]
-    if isinstance(rho, torch.Tensor | np.ndarray):
-        rho = rho.tolist()
-    if isinstance(rho, Sequence) and not isinstance(rho, str):
-        rho = tuple(float(r) if isinstance(r, int | float) and not isinstance(r, bool) else r for r in rho)
-    elif isinstance(rho, int | float) and not isinstance(rho, bool):
-        rho = (float(rho),)
-    else:
-        raise ConfigError(f"sharpness: rho must be a number or a list of numbers, got {rho!r}")
-    dtype = kw["dtype"]
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).replace("torch.", "")
-    return SharpnessOptions(**{**kw, "rho": rho, "dtype": dtype})
+    def required_samples(self) -> int:
+        return self.n
 
 
 def _batch_seed(seed: int, batch: int) -> int:
@@ -141,9 +152,18 @@ def sharpness(
     model: nn.Module,
     data,
     *,
+    batch_size: int | None = None,
+    max_samples: int | None = None,
+    bn_mode: str = "eval",
+    loss: str | Callable = "ce",
+    logit_normalize: bool = False,
+    params: str = "all",
+    dtype: torch.dtype | str | None = None,
+    batch_fn: str | Callable | None = None,
+    output_fn: str | Callable | None = None,
     kind: str = "worst",
     norm: str = "linf",
-    rho: float | Sequence[float] = 0.005,
+    rho: float | Sequence[float] = (0.005,),
     adaptive: bool = True,
     eta: float = 0.0,
     m: int = 128,
@@ -152,22 +172,31 @@ def sharpness(
     restarts: int = 1,
     samples: int = 20,
     distribution: str = "gaussian",
-    logit_normalize: bool = False,
-    params: str = "all",
-    bn_mode: str = "eval",
     seed: int = 0,
-    dtype: torch.dtype | str | None = None,
+    progress: bool = True,
 ) -> xr.Dataset:
     """m-sharpness of ``model`` on the first ``n`` examples of ``data`` (SAM-ON Eq. 6).
 
     Args:
         model: the network (never mutated; runs on its own device).
-        data: an ``ArrayDataset``, an ``(x, y)`` tuple or an iterable of ``(x, y)`` batches, at
-            least ``n`` examples; use the *training* set without augmentation (Appendix B.10).
+        data: any form of :mod:`landscape.inputs` (``Dataset``, ``DataLoader``, ``(x, y)``,
+            batches), at least ``n`` examples; use the *training* set without augmentation
+            (Appendix B.10).
+        batch_size, max_samples: leave ``None``: sharpness's batch size is ``m`` and its
+            sample count ``n`` (a different value is a ``ConfigError``).
+        bn_mode: ``"eval"`` (running statistics, the protocol) or ``"train"`` (batch statistics).
+        loss: ``"ce"`` (the protocol), ``"mse"``, an import path or a callable / ``nn.Module``
+            ``(output, target) -> scalar mean``; sharpness is in its units.
+        logit_normalize: centre logits and divide by their l2 norm before the loss.
+        params: parameter group perturbed (``"all"``, ``"norm"``, ``"no-norm"``, ``"B3"``, ...);
+            the other parameters (and frozen ones, ``requires_grad=False``) stay at their values.
+        dtype: ``None`` (the model's), ``"float32"``/``"float64"`` or a ``torch.dtype``.
+        batch_fn, output_fn: adapters for other batch and output forms (:mod:`landscape.inputs`).
         kind: ``"worst"`` (Auto-PGD), ``"one-step"`` (the SAM ascent step at the full radius)
             or ``"average"`` (random perturbations).
         norm: ``"linf"`` or ``"l2"``: the ball ``||T^-1 delta||_p <= rho``.
-        rho: one radius or a list (the ``rho`` dimension). For ``kind="average"`` with
+        rho: one radius or a list (the ``rho`` dimension, also for one radius, so
+            ``float(res.sharpness_mean.sel(rho=r))`` works). For ``kind="average"`` with
             ``distribution="gaussian"`` it is the standard deviation of ``T^-1 delta`` per
             coordinate.
         adaptive: ``T = |w| + eta`` (elementwise adaptive, as ASAM) instead of ``T = 1``.
@@ -179,12 +208,9 @@ def sharpness(
             random points of the ball (seeded).
         samples: draws per batch for ``"average"`` (20).
         distribution: ``"gaussian"`` or ``"uniform"`` for ``"average"``.
-        logit_normalize: centre logits and divide by their l2 norm before the cross-entropy.
-        params: parameter group perturbed (``"all"``, ``"norm"``, ``"no-norm"``, ``"B3"``, ...);
-            the other parameters stay at their values.
-        bn_mode: ``"eval"`` (running statistics, the protocol) or ``"train"`` (batch statistics).
         seed: seeds random restarts and average-case draws (never the global RNG).
-        dtype: ``None`` (the model's), ``"float32"`` or ``"float64"``.
+        progress: a progress bar on a terminal or in a notebook, log lines otherwise;
+            ``False``: silent.
 
     Returns:
         A Dataset with dims ``rho`` and ``batch`` (and ``iteration`` for ``"worst"``):
@@ -194,7 +220,8 @@ def sharpness(
         ``"average"`` the mean over draws), and ``grad_calls``/``forward_calls`` per rho and batch
         (the clean point's in ``clean_grad_calls``/``clean_forward_calls``). ``"worst"`` adds
         ``loss_history`` (best perturbed loss after each Auto-PGD call) and ``num_halvings``.
-        The options are in the ``config_json`` attribute.
+        The error variables exist only for class-index targets. The options are in the
+        ``config_json`` attribute.
 
     Raises:
         ConfigError: bad options (rho <= 0, n < m, m not dividing n, unknown kind or norm, ...)
@@ -205,39 +232,26 @@ def sharpness(
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
         >>> x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
-        >>> res = sharpness(model, (x, y), kind="one-step", rho=0.05, m=16, n=32, params="norm")
+        >>> res = sharpness(model, (x, y), kind="one-step", rho=0.05, m=16, n=32, params="norm", progress=False)
         >>> float(res.sharpness_mean.sel(rho=0.05)) == float(res.sharpness.mean("batch").sel(rho=0.05))
         True
     """
-    opts = _options(
-        kind=kind, norm=norm, rho=rho, adaptive=adaptive, eta=eta, m=m, n=n, steps=steps,
-        restarts=restarts, samples=samples, distribution=distribution,
-        logit_normalize=logit_normalize, params=params, bn_mode=bn_mode, seed=seed, dtype=dtype,
-    )
-    obj = Objective(
-        model, data, batch_size=opts.m, max_samples=opts.n, params=opts.params, bn_mode=opts.bn_mode,
-        logit_normalize=opts.logit_normalize, loss="ce", dtype=opts.dtype,
-    )
+    opts, objects = make_options(SharpnessOptions, locals())
+    obj = Objective.from_options(model, data, opts, **objects)
     if obj.num_samples < opts.n:
         raise ConfigError(
             f"sharpness: n={opts.n} examples requested but data holds only {obj.num_samples}; "
             f"lower n (a multiple of m={opts.m})"
         )
-    return _run(obj, opts)
-
-
-def _ce_and_error(obj: Objective, theta: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and error of batch ``b`` from one forward pass (the objective's loss is ``"ce"``)."""
-    z = obj.logits(theta, b)
-    y = obj.batches()[b][1]
-    return F.cross_entropy(z, y).to(torch.float64), (z.argmax(-1) != y).double().mean()
+    with Progress(obj.num_batches * len(opts.rho), f"sharpness {opts.kind}", enabled=progress) as bar:
+        return stamp(_run(obj, opts, bar), "sharpness", opts, obj)
 
 
 def _calls(obj: Objective) -> tuple[int, int]:
     return obj.calls["grad"], obj.calls["loss"] + obj.calls["logits"]
 
 
-def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
+def _run(obj: Objective, opts: SharpnessOptions, bar: Progress) -> xr.Dataset:
     theta0 = obj.theta0
     dev = theta0.device
     T = theta0.abs() + opts.eta if opts.adaptive else torch.ones_like(theta0)
@@ -258,17 +272,18 @@ def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
     err_clean = np.zeros(B)
     clean_grad = np.zeros(B, dtype=np.int64)
     clean_fwd = np.zeros(B, dtype=np.int64)
+    errors = obj.class_targets
 
     with torch.no_grad():
         for b in range(B):
             c0 = _calls(obj)
             if opts.kind == "average":
-                l0, e0 = _ce_and_error(obj, theta0, b)
+                l0, e0 = obj.loss_and_error(theta0, b)
                 g0 = None
             else:
                 l0, g0 = obj.loss_and_grad(theta0, b)
-                e0 = obj.error(theta0, b)
-            loss_clean[b], err_clean[b] = float(l0), float(e0)
+                e0 = obj.error(theta0, b) if errors else None
+            loss_clean[b], err_clean[b] = float(l0), _float(e0)
             c1 = _calls(obj)
             clean_grad[b], clean_fwd[b] = c1[0] - c0[0], c1[1] - c0[1]
             if not math.isfinite(loss_clean[b]):
@@ -285,14 +300,14 @@ def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
                         steps=opts.steps, restarts=opts.restarts, generator=gen, init=(l0, g0),
                     )
                     lp = res.value
-                    ep = float(obj.error(theta0 + res.delta, b))
+                    ep = _float(obj.error(theta0 + res.delta, b)) if errors else math.nan
                     cn = res.constraint_norm
                     history[r, b] = res.history.numpy()
                     halvings[r, b] = res.num_halvings
                 elif opts.kind == "one-step":
-                    delta = _ascent_step(g0, T, rho, pnorm)
-                    lpt, ept = _ce_and_error(obj, theta0 + delta, b)
-                    lp, ep = float(lpt), float(ept)
+                    delta = ascent_step([g0], [T], rho=rho, norm=pnorm)[0]
+                    lpt, ept = obj.loss_and_error(theta0 + delta, b)
+                    lp, ep = float(lpt), _float(ept)
                     cn = float(lp_norm(torch.where(free, delta / torch.where(free, T, 1), 0), pnorm))
                 else:
                     lsum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -300,29 +315,23 @@ def _run(obj: Objective, opts: SharpnessOptions) -> xr.Dataset:
                     nsum = torch.zeros((), dtype=torch.float64, device=dev)
                     for _ in range(opts.samples):
                         z = _draw(theta0, gen, opts.distribution) * free
-                        lpt, ept = _ce_and_error(obj, theta0 + rho * T * z, b)
+                        lpt, ept = obj.loss_and_error(theta0 + rho * T * z, b)
                         lsum += lpt
-                        esum += ept
+                        esum += ept if ept is not None else math.nan
                         nsum += rho * lp_norm(z, pnorm).to(torch.float64)
                     lp, ep, cn = (float(t) / opts.samples for t in (lsum, esum, nsum))
                 c1 = _calls(obj)
                 grad_calls[r, b], fwd_calls[r, b] = c1[0] - c0[0], c1[1] - c0[1]
                 loss_pert[r, b], err_pert[r, b], cnorm[r, b] = lp, ep, cn
                 sharp[r, b] = lp - loss_clean[b]
+                bar.update(1, postfix=f"batch {b + 1}/{B} rho={rho:g}")
 
     return _dataset(opts, obj, T, sharp, loss_clean, err_clean, loss_pert, err_pert, cnorm,
                     grad_calls, fwd_calls, clean_grad, clean_fwd, history, halvings)
 
 
-def _ascent_step(g: torch.Tensor, T: torch.Tensor, rho: float, norm: str) -> torch.Tensor:
-    """The SAM / ASAM ascent step at the full radius (SAM Eq. 2; ASAM el. with T = |w| + eta)."""
-    tg = torch.where(T > 0, T * g, torch.zeros_like(g))  # 0 where T = 0, even if g is not finite
-    if norm == "linf":
-        return rho * T * torch.sign(tg)
-    nrm = torch.linalg.vector_norm(tg)
-    if float(nrm) == 0.0:
-        return torch.zeros_like(g)
-    return rho * T * tg / nrm
+def _float(t: torch.Tensor | None) -> float:
+    return math.nan if t is None else float(t)
 
 
 def _draw(like: torch.Tensor, gen: torch.Generator, distribution: str) -> torch.Tensor:
@@ -339,18 +348,20 @@ def _dataset(opts, obj, T, sharp, loss_clean, err_clean, loss_pert, err_pert, cn
     what = {"worst": "worst-case", "one-step": "one-step", "average": "average-case"}[opts.kind]
     ball = f"||T^-1 delta||_{'inf' if opts.norm == 'linf' else '2'}"
     rd, rbd = ("rho",), ("rho", "batch")
+    units = obj.loss_spec.units
+    lname = "cross-entropy" if obj.loss_spec.spec == "ce" else f"loss {obj.loss_spec.spec}"
 
     def var(dims, values, long_name, units="1", **extra):
         return xr.Variable(dims, values, {"long_name": long_name, "units": units, **extra})
 
     data_vars = {
-        "sharpness": var(rbd, sharp, f"{what} m-sharpness per batch, L(w+delta) - L(w)", "nats"),
-        "sharpness_mean": var(rd, mean, f"{what} m-sharpness, mean over batches", "nats"),
-        "sharpness_sem": var(rd, sem, "standard error of the mean m-sharpness over batches", "nats"),
-        "loss_clean": var(("batch",), loss_clean, "cross-entropy at w", "nats"),
+        "sharpness": var(rbd, sharp, f"{what} m-sharpness per batch, L(w+delta) - L(w)", units),
+        "sharpness_mean": var(rd, mean, f"{what} m-sharpness, mean over batches", units),
+        "sharpness_sem": var(rd, sem, "standard error of the mean m-sharpness over batches", units),
+        "loss_clean": var(("batch",), loss_clean, f"{lname} at w", units),
         "error_clean": var(("batch",), err_clean, "misclassification rate at w"),
-        "loss_perturbed": var(rbd, loss_pert, "cross-entropy at w+delta"
-                              + (" (mean over draws)" if opts.kind == "average" else ""), "nats"),
+        "loss_perturbed": var(rbd, loss_pert, f"{lname} at w+delta"
+                              + (" (mean over draws)" if opts.kind == "average" else ""), units),
         "error_perturbed": var(rbd, err_pert, "misclassification rate at w+delta"
                                + (" (mean over draws)" if opts.kind == "average" else "")),
         "constraint_norm": var(rbd, cnorm, f"achieved constraint norm {ball}"
@@ -360,10 +371,12 @@ def _dataset(opts, obj, T, sharp, loss_clean, err_clean, loss_pert, err_pert, cn
         "clean_grad_calls": var(("batch",), clean_grad, "forward+backward passes at w (shared by all rho)", "count"),
         "clean_forward_calls": var(("batch",), clean_fwd, "forward-only passes at w (shared by all rho)", "count"),
     }
+    if not obj.class_targets:  # no classification error for regression targets
+        del data_vars["error_clean"], data_vars["error_perturbed"]
     if opts.kind == "worst":
         data_vars["loss_history"] = var(
             ("rho", "batch", "iteration"), history,
-            "best perturbed cross-entropy after each Auto-PGD evaluation (restarts concatenated)", "nats")
+            f"best perturbed {lname} after each Auto-PGD evaluation (restarts concatenated)", units)
         data_vars["num_halvings"] = var(rbd, halvings, "Auto-PGD step-size halvings", "count")
     coords = {
         "rho": ("rho", np.asarray(opts.rho, dtype=float),
@@ -375,15 +388,11 @@ def _dataset(opts, obj, T, sharp, loss_clean, err_clean, loss_pert, err_pert, cn
         coords["iteration"] = ("iteration", np.arange(history.shape[2]),
                                {"long_name": "Auto-PGD evaluation index", "units": "1"})
     attrs = {
-        "analysis": "sharpness",
-        "config_json": opts.to_json(),
         "kind": opts.kind,
         "norm": opts.norm,
         "adaptive": int(opts.adaptive),
-        "num_parameters": int(obj.numel),
         "num_frozen_parameters": int((T == 0).sum()),
         "parameter_names": json.dumps(obj.names),
-        "num_samples": int(obj.num_samples),
         "batch_size": int(opts.m),
         "definition": "SAM-ON Eq. 6 / Andriushchenko et al. (2023): mean over batches of "
                       f"L_S(w+delta) - L_S(w), {ball} <= rho, T = "

@@ -339,26 +339,17 @@ class SAM(OptimizerWrapper):
         Masked parameters without a gradient get ``e = 0``; when ``||T g|| = 0`` so does
         everything (no direction to ascend).
         """
+        # Imported here: only this method's body belongs to the ascent-step refactor.
+        from landscape.ascent import ascent_step
+
         items = [(e, e.param.grad) for e in self._entries if e.param.grad is not None]
         if not items:
             return []
-        out = []
-        if self.p == 2:
-            tg_list = []
-            for e, g in items:
-                t = self._scale(e, g)
-                tg_list.append((t, g if t is None else t * g))
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(tg) for _, tg in tg_list]))
-            # no host sync: a zero norm gives a zero step instead of 0/0
-            factor = torch.where(norm > 0, self.rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
-            for (e, _), (t, tg) in zip(items, tg_list):
-                out.append((e.param, (tg if t is None else t * tg) * factor))
-        else:
-            for e, g in items:
-                t = self._scale(e, g)
-                s = torch.sign(g) * self.rho
-                out.append((e.param, s if t is None else t * s))
-        return out
+        grads = [g for _, g in items]
+        scales = [self._scale(e, g) for e, g in items]
+        # The one ascent step of landscape (shared with the sharpness analyses); no host sync.
+        steps = ascent_step(grads, scales, rho=self.rho, norm="l2" if self.p == 2 else "linf")
+        return [(e.param, d) for (e, _), d in zip(items, steps)]
 
     @property
     def perturbed(self) -> bool:
