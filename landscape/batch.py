@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import errno
 import functools
+import inspect
 import json
 import logging
 import os
@@ -264,20 +265,21 @@ def _first(ds: Any, n: int | None, name: str) -> Any:
     raise ConfigError(f"data.n={n} needs a map-style data set (with len() and indexing); {name!r} gave a {type(ds).__name__}")
 
 
-def _resolve_loss(loss: Any, search_paths: list[str]) -> Any:
-    """An options ``loss`` string as the analyses take it: ``"ce"``/``"mse"`` stay, an import path
-    or a local reference becomes the object (a loss class is instantiated without arguments)."""
+def _resolve_ref(value: Any, search_paths: list[str], instantiate: bool = False) -> Any:
+    """An option naming a callable (``loss``, ``batch_fn``, ``output_fn``) as the analyses take it:
+    other strings (``"ce"``) stay, an import path or a local reference becomes the object,
+    searched also beside the checkpoint (a loss class is instantiated without arguments)."""
     from landscape.specs import import_object, is_import_path
 
-    if not isinstance(loss, str):
-        return loss
-    if loss.startswith(LOCAL_PREFIX):
-        obj = _local(loss)
-    elif is_import_path(loss):
-        obj = import_object(loss, search_paths=search_paths)
+    if not isinstance(value, str):
+        return value
+    if value.startswith(LOCAL_PREFIX):
+        obj = _local(value)
+    elif is_import_path(value):
+        obj = import_object(value, search_paths=search_paths)
     else:
-        return loss
-    return obj() if isinstance(obj, type) else obj
+        return value
+    return obj() if instantiate and isinstance(obj, type) else obj
 
 
 def _device(name: str):
@@ -356,8 +358,11 @@ def _compute_and_write(task: Task, sha: str) -> int:
         data_spec = registry.DataOptions.from_dict(task.data).resolve(ckpt.config)
         data = _load_data(json.dumps(data_spec, sort_keys=True), tuple(paths))
     kwargs = options.to_dict()
-    if "loss" in kwargs:
-        kwargs["loss"] = _resolve_loss(kwargs["loss"], paths)
+    for key in ("loss", "batch_fn", "output_fn"):  # import paths found beside the checkpoints too
+        if key in kwargs:
+            kwargs[key] = _resolve_ref(kwargs[key], paths, instantiate=key == "loss")
+    if "progress" in inspect.signature(analysis.fn).parameters:
+        kwargs["progress"] = False  # the batch runner reports progress per task
     if analysis.extra_inputs is not None:
         kwargs.update(analysis.extra_inputs(ckpt))
     ds = analysis.fn(model, data, **kwargs)
@@ -402,22 +407,31 @@ class RunTask:
 # ----------------------------------------------------------------------------- the driver
 
 
-def _checkpoints_with_runs(paths_or_folder: PathLike | Iterable[PathLike]) -> list[tuple[Path, str]]:
-    """(checkpoint, run name); run = folder relative to the given folder, or its own name."""
-    from landscape.checkpoint import CheckpointError, find_checkpoints
+def _checkpoints_with_runs(paths_or_folder: PathLike | Iterable[PathLike],
+                           rejected: list[dict[str, str]] | None = None) -> list[tuple[Path, str]]:
+    """(checkpoint, run name); run = folder relative to the given folder, or its own name.
+
+    Paths that look like checkpoints but are not analysed (devices, FIFOs, dangling links, links
+    leaving the folder: :func:`landscape.checkpoint.find_checkpoints`) go to ``rejected``.
+    """
+    from landscape.checkpoint import find_checkpoints
 
     items = [paths_or_folder] if isinstance(paths_or_folder, (str, os.PathLike)) else list(paths_or_folder)
     out: list[tuple[Path, str]] = []
     for item in map(Path, items):
-        if item.is_dir():
-            found = find_checkpoints(item)
-            for ck in found:
-                rel = ck.parent.resolve().relative_to(item.resolve()).as_posix()
+        refused: list = []
+        found = find_checkpoints(item, rejected=refused)
+        if rejected is not None:
+            rejected.extend({"path": str(r.path), "reason": r.reason} for r in refused)
+        for ck in found:
+            if item.is_dir() and ck != item:
+                try:
+                    rel = ck.parent.absolute().relative_to(item.absolute()).as_posix()
+                except ValueError:  # a path reported resolved
+                    rel = ck.parent.resolve().relative_to(item.resolve()).as_posix()
                 out.append((ck, item.resolve().name if rel == "." else rel))
-        elif item.exists():
-            out.append((item, item.resolve().parent.name))
-        else:
-            raise CheckpointError(f"{item}: no such file or folder")
+            else:
+                out.append((ck, item.resolve().parent.name))
     return out
 
 
@@ -548,15 +562,21 @@ def analyze(
     resolved, data_opts = registry.resolve_options(names, options, loss=loss_ref)
     _check_data_source(data_opts, names, paths)
     out = Path(out)
-    ckpts = _unique_results(_checkpoints_with_runs(items), out)
+    rejected: list[dict[str, str]] = []
+    ckpts = _unique_results(_checkpoints_with_runs(items, rejected), out)
+    for r in rejected:
+        log.warning("not analysed: %s: %s", r["path"], r["reason"])
     if not ckpts:
-        raise ValueError(f"no checkpoints (*.pt, *.pth) found in {paths_or_folder}")
+        raise ValueError(
+            f"no checkpoints (*.pt, *.pth, *.ckpt, *.safetensors, checkpoint-N/) found in {paths_or_folder}"
+            + (f"; not analysed: {'; '.join(r['path'] + ': ' + r['reason'] for r in rejected)}" if rejected else "")
+        )
     check_writable(out)
     reserve = _reserve_space(out, len(ckpts) * len(names))
     if threads is None and executor is None:
         threads = _default_threads(workers)
 
-    summary = Summary(out=out)
+    summary = Summary(out=out, rejected=rejected)
     # The model spec is part of what a result depends on; hashes without one stay as they were.
     hashed_data = {**data_opts.to_dict(), **({"model": model_json} if model_json is not None else {})}
     hashes = {n: results.options_hash(n, resolved[n], hashed_data) for n in names}
