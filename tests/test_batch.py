@@ -737,6 +737,17 @@ def test_cli_model_data_flags(tmp_path, foreign, capsys):
     assert results.open_results(tmp_path / "res", "t_loss_stats").sizes["batch"] == 2
 
 
+def test_cli_set_scalar_rho(tmp_path, ckpts, capsys):
+    # --set sharpness.rho=0.01 is a scalar; the CLI passes it and SharpnessOptions takes it.
+    out = tmp_path / "res"
+    argv = ["analyze", str(ckpts / "sgd" / "epoch_0000.pt"), "-a", "sharpness", "--out", str(out),
+            "--set", "sharpness.rho=0.01", "--set", "sharpness.n=16", "--set", "sharpness.m=8",
+            "--set", "sharpness.steps=1", "--set", "data.n=16"]
+    assert main(argv) == 0, capsys.readouterr().err
+    ds = results.open_results(out, "sharpness")
+    assert ds["rho"].values.tolist() == [0.01] and float(ds["sharpness_mean"].squeeze()) == float(ds["sharpness_mean"].squeeze())
+
+
 def test_parse_kwargs():
     from landscape.cli_analyze import parse_kwargs
 

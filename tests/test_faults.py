@@ -386,3 +386,40 @@ def test_killing_the_driver_takes_its_workers_with_it(tmp_path, ckpts):
                 os.kill(int(p), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---------------------------------------------------------------- item 3: result names
+
+
+def test_runs_and_files_that_sanitize_alike_get_their_own_results(tmp_path):
+    root = tmp_path / "ck"
+    names = [("greek/sam-α", "epoch_0001.pt"), ("greek/sam-β", "epoch_0001.pt"), ("greek/sam-β", "epoch 1.pt"),
+             ("greek/sam-β", "epoch_1.pt"), ("greek/sam-β", "e.pt"), ("greek/sam-β", "e.pth"), ("a b", "x.pt")]
+    for i, (run, name) in enumerate(names):
+        _save(root / run / name, seed=i, step=i)
+    out = tmp_path / "res"
+    s = analyze(root, "norm_params", out=out, progress=False)
+    assert s.ok and len(s.done) == len(names), s.failed
+    files = sorted(out.rglob("*.nc"))
+    assert len(files) == len(names) and len({f.parent for f in files}) == len(names)
+    assert all(out in f.parents for f in files)
+    s2 = analyze(root, "norm_params", out=out, progress=False)
+    assert len(s2.skipped) == len(names) and not s2.done  # re-runs find every result
+    ds = results.open_results(out, "norm_params")
+    assert sorted(ds["run"].values.tolist()) == ["a b", "greek/sam-α", "greek/sam-β"]
+
+
+# ---------------------------------------------------------------- item 11 (analyze side)
+
+
+def test_fifo_and_dangling_link_are_reported_not_opened(tmp_path, ckpts):
+    run = ckpts / "run"
+    os.mkfifo(run / "pipe.pt")
+    (run / "gone.pt").symlink_to(tmp_path / "nowhere.pt")
+    out = tmp_path / "res"
+    s = analyze(ckpts, "norm_params", out=out, progress=False)  # would hang forever on reading the FIFO
+    assert s.ok and len(s.done) == 4
+    reasons = {Path(r["path"]).name: r["reason"] for r in s.rejected}
+    assert set(reasons) == {"pipe.pt", "gone.pt"} and "FIFO" in reasons["pipe.pt"].upper()
+    disk = json.loads((out / "summary.json").read_text())
+    assert {Path(r["path"]).name for r in disk["rejected"]} == {"pipe.pt", "gone.pt"}
