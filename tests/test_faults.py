@@ -423,3 +423,15 @@ def test_fifo_and_dangling_link_are_reported_not_opened(tmp_path, ckpts):
     assert set(reasons) == {"pipe.pt", "gone.pt"} and "FIFO" in reasons["pipe.pt"].upper()
     disk = json.loads((out / "summary.json").read_text())
     assert {Path(r["path"]).name for r in disk["rejected"]} == {"pipe.pt", "gone.pt"}
+
+
+def test_readme_reliability_section_names_existing_tests():
+    import re
+
+    text = (Path(REPO) / "README.md").read_text()
+    section = text[text.index("## Reliability"):]
+    section = section[: section.index("\n## ", 5)]
+    cited = re.findall(r"`(test_\w+\.py)::(test_\w+)`", section)
+    assert len(cited) >= 10
+    for file, test in cited:
+        assert f"def {test}(" in (Path(TESTS_DIR) / file).read_text(), f"README cites {file}::{test}, which does not exist"
