@@ -302,7 +302,8 @@ def _varying_attrs(datasets: list[xr.Dataset]) -> dict[str, Any]:
     """Attributes (besides :data:`PER_FILE_ATTRS`) that differ between files or are missing in
     some, with the fill value of their coordinate: -1 for integers, NaN for other numbers, ``""``
     for strings (lists become JSON strings)."""
-    keys = sorted({k for d in datasets for k in d.attrs} - set(PER_FILE_ATTRS))
+    taken = {str(n) for d in datasets for n in (*d.variables, *d.dims)}  # a coordinate must not shadow them
+    keys = sorted({k for d in datasets for k in d.attrs} - set(PER_FILE_ATTRS) - taken)
     out: dict[str, Any] = {}
     for key in keys:
         values = [_plain_attr(d.attrs.get(key, _MISSING)) for d in datasets]

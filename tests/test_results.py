@@ -119,7 +119,7 @@ def test_open_results_keeps_per_file_scalar_attrs_as_coords(tmp_path):
                         (1, {"sigma": 0.75, "seconds": 2.5, "label": "b", "n_calls": 4}),
                         (2, {"sigma": 0.75, "label": "c"})):
         ds = _ds(step)
-        ds.attrs.update(extra, shared="same")
+        ds.attrs.update(extra, shared="same", eig=f"clash {step}")  # an attribute named like a variable
         write_result(ds, result_path(tmp_path, "r", f"e{step}.pt", "demo", "0123456789"), run="r", step=step,
                      checkpoint=f"e{step}.pt", **kw)
     ds = open_results(tmp_path, "demo")
