@@ -28,10 +28,12 @@ directory before inflating). Every error is a :class:`CheckpointError` that name
 
 from __future__ import annotations
 
+import argparse
 import errno
 import hashlib
 import io
 import os
+import pathlib
 import pickle
 import pickletools
 import re
@@ -91,6 +93,10 @@ class Rejected(NamedTuple):
 
     path: Path
     reason: str
+
+    def as_json(self) -> dict[str, str]:
+        """``{"path": str, "reason": str}`` for a summary file."""
+        return {"path": str(self.path), "reason": self.reason}
 
 
 def _versions() -> dict[str, str]:
@@ -387,9 +393,15 @@ def _check_size(path: Path, st: os.stat_result, kind: str, max_bytes: int) -> No
         )
 
 
+#: Plain-data classes of the standard library that training scripts put into checkpoints
+#: (Lightning ``hyper_parameters``: paths, an ``argparse.Namespace``); unpickling them only
+#: builds the value (``PosixPath(*parts)``, an attribute bag), so they join torch's allow-list.
+_DATA_GLOBALS = [pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath, argparse.Namespace]
+
+
 def _read_torch(path: Path) -> Any:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_DATA_GLOBALS):
             # torch warns about pickle protocols it did not write; the refusal below is the news.
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import pathlib
 import pickle
 
 import pytest
@@ -285,7 +287,8 @@ def _lightning_file(path, m, opt, **extra):
         "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None}},
         "optimizer_states": [opt.state_dict()],
         "lr_schedulers": [{"last_epoch": 3, "base_lrs": [0.1]}],
-        "hyper_parameters": {"lr": 0.1, "width": 4},
+        # plain-data objects scripts store: a Path, an argparse.Namespace (older Lightning)
+        "hyper_parameters": {"lr": 0.1, "data_root": pathlib.Path("/data"), "args": argparse.Namespace(width=4)},
     }
     torch.save(obj, path)
     return path
@@ -299,6 +302,7 @@ def test_lightning_ckpt(tmp_path):
     ck = load_checkpoint(p, model=SPEC)
     _outputs_equal(ck.model, m)
     assert (ck.layout, ck.step, ck.epoch, ck.step_source) == ("lightning", 120, 3, "file")
+    assert ck.raw["hyper_parameters"]["args"].width == 4
     for n, q in m.named_parameters():
         torch.testing.assert_close(ck.momentum()[n], opt.state[q]["momentum_buffer"], rtol=0, atol=0)
     assert find_checkpoints(tmp_path) == [p]
@@ -368,6 +372,7 @@ def test_checkpoint_folder_with_weights_and_optimizer(tmp_path):
         _outputs_equal(ck.model, m)
         for n, q in m.named_parameters():
             torch.testing.assert_close(ck.momentum()[n], opt.state[q]["exp_avg"], rtol=0, atol=0)
+    assert find_checkpoints(found[1]) == [found[1]]  # named explicitly: the folder itself
     sha = file_sha256(found[1])
     torch.save({"state": {}, "param_groups": []}, found[1] / "optimizer.pt")
     assert file_sha256(found[1]) != sha
