@@ -45,7 +45,14 @@ from typing import Any, Union
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    TensorDataset,
+)
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = ["DataError", "Inputs", "as_call", "collect", "model_output", "num_examples", "split", "to_device"]
@@ -176,8 +183,12 @@ def _take(x: Inputs, stop: int) -> Inputs:
 # ------------------------------------------------------------------ public
 def _fast(data) -> tuple[Tensor, Tensor] | None:
     """The (inputs, targets) tensors of in-memory data sets, without a per-example loop."""
-    if isinstance(data, DataLoader) and isinstance(data.sampler, SequentialSampler) \
-            and data.collate_fn is default_collate:
+    if isinstance(data, DataLoader):
+        # Only a loader that yields the data set in order, all of it, unchanged.
+        bs = data.batch_sampler
+        if not (type(bs) is BatchSampler and isinstance(bs.sampler, SequentialSampler) and not bs.drop_last
+                and data.collate_fn is default_collate):
+            return None
         data = data.dataset
     if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.x, Tensor) and isinstance(data.y, Tensor):
         return data.x, data.y  # ArrayDataset (never augmented here)

@@ -21,6 +21,12 @@ Conventions:
   between calls. Only normalization layers switch mode; dropout is always off.
 * ``logit_normalize=True``: logits are centred over classes and divided by their l2 norm
   (floored at 1e-10), as in Andriushchenko et al. (2023) and SAM-ON Appendix B.10.
+* Parameters with ``requires_grad=False`` are never in the group: frozen, they are held fixed.
+
+One home per mechanism: data forms and model outputs are :mod:`landscape.inputs`, loss specs
+:mod:`landscape.losses`, the HVP methods :mod:`landscape.hvp`; here are the group's flat
+vector, the batch loop (:meth:`Objective.accumulate`) and the shared options
+(:class:`ObjectiveOptions`, built into an objective by :meth:`Objective.from_options`).
 
 Example:
     >>> import torch

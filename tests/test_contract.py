@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from reference import data, flat_params, tiny_mlp
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from landscape.analyses import registry
 from landscape.analyses.common import NON_OPTION_KEYWORDS
@@ -26,8 +26,21 @@ from landscape.data import ArrayDataset
 from landscape.losses import LossError
 from landscape.objective import Objective, ObjectiveOptions
 
-FAST_H = dict(top_k=3, tol=1e-8, trace=False, density=False, progress=False)
+FAST_H = dict(top_k=3, tol=1e-6, max_steps=30, trace=False, density=False, progress=False)
 FAST_S = dict(m=8, n=24, steps=3, rho=[0.01, 0.05], progress=False)
+
+
+class Examples(Dataset):
+    """A plain map-style dataset of (x, y) examples (collated in chunks, no fast path)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
 
 
 def momentum_of(model):
@@ -35,9 +48,9 @@ def momentum_of(model):
     return {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in model.named_parameters()}
 
 
-def run_all(model, d, **kw):
-    return (hessian_spectrum(model, d, batch_size=8, **FAST_H, **kw),
-            sharpness(model, d, **FAST_S, **kw),
+def run_all(model, d, hessian=None, sharp=None, **kw):
+    return (hessian_spectrum(model, d, batch_size=8, **{**FAST_H, **(hessian or {})}, **kw),
+            sharpness(model, d, **{**FAST_S, **(sharp or {})}, **kw),
             momentum_curvature(model, d, momentum_of(model), batch_size=8, random_directions=1, **kw))
 
 
@@ -61,7 +74,8 @@ def test_registry_signatures_and_options_agree():
         fields = {f.name: f.default for f in dataclasses.fields(a.options_cls)}
         assert kw == fields, name
         opts = a.options_cls()
-        assert hasattr(opts, "required_samples") or not a.needs_data, name
+        # every options class answers it: sharpness needs n examples, the others max_samples (None)
+        assert opts.required_samples() == (1024 if name == "sharpness" else None), name
         if a.needs_data:
             assert issubclass(a.options_cls, ObjectiveOptions), name
             shared = {f.name for f in dataclasses.fields(ObjectiveOptions)}
@@ -103,21 +117,21 @@ def test_from_options_with_overrides(f64):
 def test_every_data_form_gives_the_results_of_the_tuple(f64):
     model = tiny_mlp().double()
     x, y = data(24, (5,))
-    ref = run_all(model, (x, y))
+    # Equal batches give equal numbers at any budget: a small one keeps the test fast.
+    cheap = {"hessian": {"top_k": 1, "tol": 1e-1, "max_steps": 8}, "sharp": {"steps": 2, "rho": [0.05]}}
+    ref = run_all(model, (x, y), **cheap)
     loaders = {
         "ArrayDataset": ArrayDataset(x, y, num_classes=3),
         "TensorDataset": TensorDataset(x, y),
         "DataLoader": DataLoader(TensorDataset(x, y), batch_size=5),
+        "map-style Dataset": Examples(x, y),
         "dict batches": [{"x": x[s:s + 5], "labels": y[s:s + 5]} for s in range(0, 24, 5)],
+        "tuple batches": [(x[s:s + 9], y[s:s + 9], torch.arange(9)) for s in range(0, 24, 9)],
         "batch_fn": [{"pixels": x[s:s + 7], "cls": y[s:s + 7]} for s in range(0, 24, 7)],
     }
     for name, d in loaders.items():
         kw = {"batch_fn": lambda b: (b["pixels"], b["cls"])} if name == "batch_fn" else {}
-        if name == "dict batches" or name == "batch_fn":  # a generator is consumed: one list per analysis
-            got = run_all(model, d, **kw)
-        else:
-            got = run_all(model, d)
-        same_numbers(ref, got)
+        same_numbers(ref, run_all(model, d, **cheap, **kw))
 
 
 def test_dict_and_tuple_output_models_match_the_tensor_model(f64):
@@ -237,3 +251,13 @@ def test_progress_logs_lines_when_not_a_terminal(caplog):
     with caplog.at_level(logging.INFO, logger="landscape"):
         sharpness(model, (x, y), m=8, n=16, steps=2, progress=False)
     assert caplog.text == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_stages_batches_on_its_device_and_matches_cpu():
+    model = tiny_mlp().double()
+    x, y = data(24, (5,), dtype=torch.float64)
+    ref = run_all(model, DataLoader(TensorDataset(x, y), batch_size=5))
+    got = run_all(model.cuda(), DataLoader(TensorDataset(x, y), batch_size=5))  # CPU data, CUDA model
+    assert next(model.parameters()).is_cuda
+    same_numbers(ref, got, rtol=1e-9)

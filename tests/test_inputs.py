@@ -59,6 +59,17 @@ def test_every_form_gives_the_batches_of_the_tuple():
             assert torch.equal(xa, xb) and torch.equal(ya, yb), name
 
 
+def test_dataloader_fast_path_only_for_in_order_loaders():
+    x, y = data(20, (5,))
+    ds = TensorDataset(x, y)
+    # drop_last loses the last 6 examples: iterated as it batches, not sliced.
+    _, ys = collect(DataLoader(ds, batch_size=7, drop_last=True))
+    assert torch.equal(ys, y[:14])
+    shuffled, _ = collect(DataLoader(ds, batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(shuffled, x)
+    assert torch.equal(shuffled[shuffled[:, 0].argsort()], x[x[:, 0].argsort()])  # the same rows, permuted
+
+
 def test_structured_inputs_regression_targets_and_batch_fn():
     g = torch.Generator().manual_seed(0)
     ids, mask, y = torch.randint(0, 9, (10, 4), generator=g), torch.ones(10, 4, dtype=torch.long), torch.randn(10, 2, generator=g)

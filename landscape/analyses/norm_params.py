@@ -39,6 +39,10 @@ class NormParamsOptions(Options):
     gamma_range: tuple[float, float] | None = None
     beta_range: tuple[float, float] | None = None
 
+    def required_samples(self) -> None:
+        """No data is read (the batch runner's sample-count check has nothing to compare)."""
+        return None
+
     def validate(self) -> None:
         # from_dict turns lists into tuples only for plain tuple fields, not `tuple | None`.
         for name in ("quantiles", "gamma_range", "beta_range"):
