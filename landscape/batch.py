@@ -422,7 +422,7 @@ def _checkpoints_with_runs(paths_or_folder: PathLike | Iterable[PathLike],
         refused: list = []
         found = find_checkpoints(item, rejected=refused)
         if rejected is not None:
-            rejected.extend({"path": str(r.path), "reason": r.reason} for r in refused)
+            rejected.extend(r.as_json() for r in refused)
         for ck in found:
             if item.is_dir() and ck != item:
                 try:
