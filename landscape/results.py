@@ -228,7 +228,7 @@ def write_result(
     # Serialize in memory, then write plain bytes: HDF5 never sees a failing disk (on a full
     # disk its close in an error path could crash the process), and a full disk is an ordinary
     # OSError(ENOSPC) from os.write.
-    data = bytes(out.to_netcdf(engine=ENGINE))
+    data = out.to_netcdf(engine=ENGINE)  # a memoryview: written as it is, not copied
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
