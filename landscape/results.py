@@ -355,8 +355,9 @@ def open_results(
     Hessian's ``sigma`` or a timing; fill -1 / NaN / ``""`` where a file lacks it);
     runs with different steps are outer-joined (missing entries are NaN, ``""`` or ``-1``).
     Attributes shared by all files (``analysis``, ``config_json``, ``options_hash``) stay.
-    Files that cannot be read or are not results of ``analysis`` (a foreign ``.nc`` with a
-    matching name) are skipped with a warning and listed in ``attrs["ignored_files"]``.
+    Files that are not results of ``analysis`` (a foreign ``.nc`` with a matching name) are
+    skipped with a warning and listed in ``attrs["ignored_files"]``; a file that cannot be read
+    at all raises :class:`ResultError` naming it.
 
     Args:
         folder: a results folder written by :func:`landscape.analyze`.
@@ -397,11 +398,7 @@ def open_results(
 
     loaded, ignored = [], []
     for f in files:
-        try:
-            ds = read_result(f)
-        except ResultError as e:
-            ignored.append(str(e))
-            continue
+        ds = read_result(f)  # an unreadable file is an error naming it (delete or restore it)
         why = _why_not_combinable(ds, analysis)
         if why:
             ignored.append(f"{f}: {why}")
@@ -411,7 +408,7 @@ def open_results(
         warnings.warn(f"open_results({str(folder)!r}, {analysis!r}) ignored {len(ignored)} file(s): "
                       + "; ".join(ignored), stacklevel=2)
     if not loaded:
-        raise ResultError(f"{folder}: no readable {analysis!r} results; ignored: " + "; ".join(ignored))
+        raise ResultError(f"{folder}: no {analysis!r} results of landscape; ignored: " + "; ".join(ignored))
     fills = {**PER_FILE_ATTRS, **_varying_attrs(loaded)}
     by_key: dict[tuple[str, int], list[xr.Dataset]] = {}
     for ds in loaded:

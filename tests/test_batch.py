@@ -103,9 +103,35 @@ def failing(model, data, *, batch_size=8, seed=0):
     raise RuntimeError("analysis exploded on purpose")
 
 
-register_analysis("t_loss_stats", loss_stats, LossStatsOptions, replace=True)
-register_analysis("t_killer", killer, KillerOptions, needs_data=False, replace=True)
-register_analysis("t_failing", failing, LossStatsOptions, replace=True)
+@dataclass(frozen=True)
+class NeedsOptions(Options):
+    n: int = 64
+
+    def required_samples(self) -> int:
+        return self.n
+
+
+def needs(model, data, *, n=64):
+    return norm_params(model)
+
+
+# Registered for this module's tests only (other modules' registry-wide tests must not see them);
+# spawned workers get them from the tasks' entry specs.
+TEST_ANALYSES = {
+    "t_loss_stats": (loss_stats, LossStatsOptions, True),
+    "t_killer": (killer, KillerOptions, False),
+    "t_failing": (failing, LossStatsOptions, True),
+    "t_needs": (needs, NeedsOptions, True),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_analyses():
+    for name, (fn, opts, needs_data) in TEST_ANALYSES.items():
+        register_analysis(name, fn, opts, needs_data=needs_data, replace=True)
+    yield
+    for name in TEST_ANALYSES:
+        unregister_analysis(name)
 
 
 # ---------------------------------------------------------------- checkpoint folders
@@ -684,17 +710,6 @@ def test_model_table_in_options(tmp_path, foreign):
     assert s.ok and len(s.done) == 2
     with pytest.raises(ConfigError, match="unknown option 'model.spc'"):
         analyze(foreign["root"], "norm_params", out=tmp_path / "res", options={"model": {"spc": "x"}})
-
-
-@dataclass(frozen=True)
-class NeedsOptions(Options):
-    n: int = 64
-
-    def required_samples(self) -> int:
-        return self.n
-
-
-register_analysis("t_needs", lambda m, d, n: None, NeedsOptions, replace=True)
 
 
 def test_bad_model_data_and_option_conflicts_fail_before_any_task(tmp_path, foreign, capsys):

@@ -20,7 +20,7 @@ import torch
 
 from landscape import results
 from landscape.analyses.norm_params import norm_params
-from landscape.analyses.registry import register_analysis
+from landscape.analyses.registry import register_analysis, unregister_analysis
 from landscape.batch import analyze, run_task, write_summary
 from landscape.checkpoint import save_checkpoint
 from landscape.cli_analyze import main
@@ -85,9 +85,23 @@ def sleepy(model, data, *, pid_dir):
     return norm_params(model)
 
 
-for _name, _fn in (("t_marked", marked), ("t_segv", segfaulting), ("t_sigkill", sigkilled)):
-    register_analysis(_name, _fn, MarkOptions, needs_data=False, replace=True)
-register_analysis("t_sleepy", sleepy, SleepyOptions, needs_data=False, replace=True)
+TEST_ANALYSES = {"t_marked": (marked, MarkOptions), "t_segv": (segfaulting, MarkOptions),
+                 "t_sigkill": (sigkilled, MarkOptions), "t_sleepy": (sleepy, SleepyOptions)}
+
+
+def register_test_analyses() -> None:
+    """For this module's tests and its driver subprocesses only (registry-wide tests elsewhere
+    must not see them); spawned workers get them from the tasks' entry specs."""
+    for name, (fn, opts) in TEST_ANALYSES.items():
+        register_analysis(name, fn, opts, needs_data=False, replace=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_analyses():
+    register_test_analyses()
+    yield
+    for name in TEST_ANALYSES:
+        unregister_analysis(name)
 
 
 # ---------------------------------------------------------------- helpers
@@ -292,7 +306,8 @@ def test_two_analyze_processes_on_one_out(tmp_path, ckpts):
         _save(ckpts / "run" / f"epoch_{i:04d}.pt", seed=i, step=i)
     argv = [sys.executable, "-m", "landscape.cli_analyze", "analyze", str(ckpts), "-a", "t_marked", "--out", str(out),
             "--set", f't_marked.marker_dir="{markers}"', "--set", "t_marked.sleep=0.7"]
-    code = "import sys, test_faults; from landscape.cli_analyze import main; sys.exit(main(sys.argv[1:]))"
+    code = ("import sys, test_faults; test_faults.register_test_analyses(); "
+            "from landscape.cli_analyze import main; sys.exit(main(sys.argv[1:]))")
     argv[1:3] = ["-c", code]
     procs = [subprocess.Popen(argv, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -361,6 +376,7 @@ def test_killing_the_driver_takes_its_workers_with_it(tmp_path, ckpts):
         import test_faults
         from landscape.batch import analyze
         if __name__ == "__main__":
+            test_faults.register_test_analyses()
             analyze({str(ckpts)!r}, "t_sleepy", out={str(tmp_path / "res")!r}, workers=2,
                     options={{"t_sleepy": {{"pid_dir": {str(pids)!r}}}}}, progress=False)
     """)

@@ -101,15 +101,17 @@ def test_open_results_skips_foreign_nc_files(tmp_path):
     foreign = tmp_path / "r" / "e2" / "demo-0123456789.nc"
     foreign.parent.mkdir()
     xr.Dataset({"eig": ("k", np.arange(4.0))}).to_netcdf(foreign, engine="h5netcdf")
+    with pytest.warns(UserWarning, match="ignored 1 file"):
+        ds = open_results(tmp_path, "demo")
+    assert ds.sizes["step"] == 2
+    assert len(ds.attrs["ignored_files"]) == 1 and "e2" in ds.attrs["ignored_files"][0]
+    assert "not a landscape 'demo' result" in ds.attrs["ignored_files"][0]
+    # A file that cannot be read at all is an error that names it.
     corrupt = tmp_path / "r" / "e3" / "demo-0123456789.nc"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n garbage")
-    with pytest.warns(UserWarning, match="ignored 2 file"):
-        ds = open_results(tmp_path, "demo")
-    assert ds.sizes["step"] == 2
-    assert len(ds.attrs["ignored_files"]) == 2
-    assert any("e2" in t and "not a landscape 'demo' result" in t for t in ds.attrs["ignored_files"])
-    assert any("e3" in t and "not a readable result file" in t for t in ds.attrs["ignored_files"])
+    with pytest.raises(ResultError, match="e3/demo-0123456789.nc: not a readable result file"):
+        open_results(tmp_path, "demo")
 
 
 def test_open_results_keeps_per_file_scalar_attrs_as_coords(tmp_path):

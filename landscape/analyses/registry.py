@@ -42,10 +42,10 @@ class DataOptions(Options):
     Example:
         >>> DataOptions.from_dict({"split": "test", "n": 256}).n
         256
-        >>> DataOptions(dataset="mnist_1d")
+        >>> DataOptions(dataset="mnist_1d")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        landscape.config.ConfigError: unknown data.dataset 'mnist_1d' (did you mean 'mnist1d'?); accepted: cifar10, cifar100, mnist1d, synthetic, or an import path 'package.module:factory'
+        landscape.config.ConfigError: unknown data.dataset 'mnist_1d' (did you mean 'mnist1d'?); accepted: cifar10, cifar100, mnist1d, ..., or an import path 'package.module:factory'
     """
 
     dataset: str | None = None
