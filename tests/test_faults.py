@@ -173,6 +173,22 @@ def test_full_disk_injected_names_the_disk_and_writes_the_summary(tmp_path, ckpt
     assert disk["counts"]["failed"] == 4 and {r["cause"] for r in disk["failed"]} == {"disk full"}
 
 
+@pytest.mark.parametrize("exc, cause, text", [
+    (PermissionError(errno.EACCES, "Permission denied"), "permission", "permission denied: cannot write"),
+    (OSError(errno.EROFS, "Read-only file system"), "permission", "permission denied: cannot write"),
+    (MemoryError("no room"), "memory", "MemoryError: no room"),
+])
+def test_write_failures_name_their_cause(tmp_path, ckpts, monkeypatch, exc, cause, text):
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(results, "atomic_write", fail)
+    s = analyze(ckpts / "run" / "epoch_0000.pt", "norm_params", out=tmp_path / "res", progress=False)
+    assert [r["cause"] for r in s.failed] == [cause] and text in s.failed[0]["error"]
+    disk = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert disk["failed"][0]["cause"] == cause
+
+
 @pytest.mark.parametrize("workers", [None, 2])
 def test_full_disk_real_tmpfs(small_disk, ckpts, workers):
     # 4 checkpoints x 3 analyses of ~30-60 KB each do not fit in 200 KB: some results are written,
