@@ -77,7 +77,17 @@ def hvp(obj: Objective, v: Tensor, theta: Tensor | None = None, batch: int | Non
     obj.check_flat(v, "v")
     v = v.to(device=obj.device, dtype=theta.dtype)
     if method == "jvp":
-        out = obj.accumulate(lambda i: jvp(grad(obj.batch_loss_fn(i)), (theta,), (v,))[1], batch, "hvp")
+        try:
+            out = obj.accumulate(lambda i: jvp(grad(obj.batch_loss_fn(i)), (theta,), (v,))[1], batch, "hvp")
+        except RuntimeError as e:
+            if "ZeroTensors are immutable" not in str(e):
+                raise
+            # torch 2.13: forward-over-reverse through F.mse_loss / nn.MSELoss (and some other
+            # losses) with a target that has no tangent fails inside torch.
+            raise RuntimeError(
+                f"hvp method 'jvp' failed inside torch's forward-mode AD through loss {obj.loss_spec.spec!r} "
+                f"({e}); use method='double-backward' (or hvp_method='auto', which never picks jvp)"
+            ) from None
     else:
         out = obj.accumulate(lambda i: _double_backward(obj, theta, i, v), batch, "hvp")
     return out.to(theta.dtype)

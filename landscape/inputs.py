@@ -55,6 +55,8 @@ from torch.utils.data import (
 )
 from torch.utils.data._utils.collate import default_collate
 
+from landscape.data.base import ArrayDataset
+
 __all__ = ["DataError", "Inputs", "as_call", "collect", "model_output", "num_examples", "split", "to_device"]
 
 Inputs = Union[Tensor, tuple[Tensor, ...], dict[str, Tensor]]  # noqa: UP007 (a runtime alias)
@@ -190,9 +192,10 @@ def _fast(data) -> tuple[Tensor, Tensor] | None:
                 and data.collate_fn is default_collate):
             return None
         data = data.dataset
-    if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.x, Tensor) and isinstance(data.y, Tensor):
-        return data.x, data.y  # ArrayDataset (never augmented here)
-    if isinstance(data, TensorDataset):
+    # Exact types only: a subclass may change __getitem__ (a transform), which slicing would skip.
+    if type(data) is ArrayDataset:
+        return data.x, data.y  # never augmented here
+    if type(data) is TensorDataset:
         if len(data.tensors) < 2:
             raise DataError(f"data: a TensorDataset of {len(data.tensors)} tensor(s); accepted: TensorDataset(inputs, "
                             "targets, ...) with at least two tensors")

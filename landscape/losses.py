@@ -23,6 +23,11 @@ a mean (e.g. ``reduction="sum"``) gets the same weights, so its value is then no
 mean. Classification error is reported only for class-index targets (see
 :func:`class_targets`), whatever the loss.
 
+``"mse"`` is written out rather than calling ``F.mse_loss``: in torch 2.13 forward-over-reverse
+(``hvp(method="jvp")``) through ``F.mse_loss`` / ``nn.MSELoss`` fails inside torch; with such a
+user loss use the reverse-over-reverse HVP methods (``"auto"``, the analyses' default, never
+picks ``"jvp"``).
+
 Example:
     >>> import torch
     >>> from torch import nn

@@ -70,6 +70,18 @@ def test_dataloader_fast_path_only_for_in_order_loaders():
     assert torch.equal(shuffled[shuffled[:, 0].argsort()], x[x[:, 0].argsort()])  # the same rows, permuted
 
 
+def test_subclasses_with_their_own_getitem_are_not_sliced():
+    x, y = data(6, (5,))
+
+    class Scaled(TensorDataset):
+        def __getitem__(self, i):
+            a, b = super().__getitem__(i)
+            return 2 * a, b
+
+    xs, ys = collect(Scaled(x, y))
+    assert torch.equal(xs, 2 * x) and torch.equal(ys, y)
+
+
 def test_structured_inputs_regression_targets_and_batch_fn():
     g = torch.Generator().manual_seed(0)
     ids, mask, y = torch.randint(0, 9, (10, 4), generator=g), torch.ones(10, 4, dtype=torch.long), torch.randn(10, 2, generator=g)

@@ -95,5 +95,10 @@ def test_mse_regression_objective_matches_dense_hessian(f64):
     # A user callable gives the same function; a wrong target shape is named.
     same = Objective(model, (x, target), batch_size=4, loss=lambda z, t: F.mse_loss(z, t))
     torch.testing.assert_close(same.loss(), obj.loss(), rtol=1e-14, atol=0)
+    # torch's own MSE through forward-over-reverse fails inside torch 2.13: a clear error naming the way out.
+    torch_mse = Objective(model, (x, target), batch_size=4, loss=nn.MSELoss())
+    torch.testing.assert_close(torch_mse.hvp(v, method="double-backward"), H @ v, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="use method='double-backward'"):
+        torch_mse.hvp(v, method="jvp")
     with pytest.raises(LossError, match=r"targets of shape \(11, 2\) for outputs of shape \(4, 3\)|\(4, 2\)"):
         Objective(model, (x, target[:, :2]), batch_size=4, loss="mse").loss()
