@@ -165,6 +165,48 @@ def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas that are not inside brackets, braces or quotes."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [x.strip() for x in parts if x.strip()]
+
+
+def parse_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[str, Any]:
+    """``"width=8,shape=[3, 32, 32],name=cnn"`` -> keyword arguments (values read as TOML; a bare
+    word is a string).
+
+    Example:
+        >>> parse_kwargs("width=8,shape=[3, 32, 32],act=relu,p=0.5")
+        {'width': 8, 'shape': [3, 32, 32], 'act': 'relu', 'p': 0.5}
+    """
+    out: dict[str, Any] = {}
+    for item in _split_top_level(text or ""):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"{flag} item {item!r} must be NAME=VALUE (e.g. {flag} width=8,depth=2)")
+        try:
+            out[key] = _toml().loads(f"v = {value.strip()}")["v"]
+        except Exception:  # noqa: BLE001 - a bare word is a string
+            out[key] = value.strip()
+    return out
+
+
 def load_options(config: str | Path | None, sets: list[str] | None = None) -> dict[str, Any]:
     """Option tables from a TOML file, then ``--set`` overrides (validated later, strictly)."""
     options: dict[str, Any] = read_toml(config) if config else {}
@@ -177,7 +219,7 @@ def load_options(config: str | Path | None, sets: list[str] | None = None) -> di
         if not isinstance(values, dict):
             raise ConfigError(
                 f"{config}: top-level key {table!r} must be a table such as [{table}] "
-                "(tables: data and one per analysis)"
+                "(tables: data, model and one per analysis)"
             )
     return options
 
@@ -188,6 +230,7 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "analyze",
+        allow_abbrev=False,
         help="run analyses (hessian, sharpness, ...) on every checkpoint in a folder",
         description=(
             "Run registered analyses on every checkpoint under CKPT_DIR (recursive *.pt); one netCDF "
@@ -215,8 +258,41 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip results that exist for the same options and checkpoint (default: on)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per task")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="model for foreign checkpoints: import path pkg.module:factory or a zoo name "
+                        "(default: the spec stored in a landscape checkpoint; also [model] spec = ...)")
+    p.add_argument("--model-kwargs", default=None, metavar="K=V,...",
+                   help="keyword arguments of the model factory, e.g. width=8,depth=2 (TOML values)")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="data set: import path pkg.module:factory (called with split=) or a zoo name "
+                        "(default: the checkpoint's training set; also [data] dataset = ...)")
+    p.add_argument("--data-kwargs", default=None, metavar="K=V,...", help="keyword arguments of the data factory")
+    p.add_argument("--loss", default=None, metavar="LOSS",
+                   help="ce, mse or an import path pkg.module:loss_fn, for every analysis that reads data")
+    p.add_argument("--search-path", action="append", default=None, metavar="DIR",
+                   help="extra folder for import paths (the checkpoint folder, its parent and . always are)")
     p.set_defaults(func=run_analyze)
+    _suggest_unknown_flags(p)
     return p
+
+
+def _suggest_unknown_flags(p: argparse.ArgumentParser) -> None:
+    """Make a misspelt flag an error that names the nearest accepted one (not a silent abbreviation)."""
+    flags = sorted({o for a in p._actions for o in a.option_strings if o.startswith("--")})
+    parse_known = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = parse_known(args, namespace)
+        unknown = [e for e in extras if e.startswith("-")]
+        if unknown:
+            msgs = []
+            for e in unknown:
+                hint = difflib.get_close_matches(e.split("=", 1)[0], flags, n=1, cutoff=0.6)
+                msgs.append(f"{e}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+            p.error(f"unrecognized option(s): {'; '.join(msgs)}; accepted: {', '.join(flags)}")
+        return ns, extras
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -239,10 +315,19 @@ def run_analyze(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         threads=threads,
         device=args.device,
+        model=args.model,
+        model_kwargs=parse_kwargs(args.model_kwargs, "--model-kwargs") if args.model_kwargs else None,
+        data=args.data,
+        data_kwargs=parse_kwargs(args.data_kwargs, "--data-kwargs") if args.data_kwargs else None,
+        loss=args.loss,
+        search_paths=args.search_path or (),
     )
-    print(f"{summary}; summary: {Path(args.out) / 'summary.json'}")
+    where = f"summary: {Path(args.out) / 'summary.json'}" if not summary.write_error else "summary.json NOT written"
+    print(f"{summary}; {where}")
     for rec in summary.failed:
         print(f"FAILED {rec['checkpoint']} [{rec['analysis']}]: {rec['error']}", file=sys.stderr)
+    if summary.write_error:
+        print(f"ERROR {summary.write_error}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 

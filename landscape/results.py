@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,25 +97,64 @@ def options_hash(analysis: str, options: Any, data: Any = None) -> str:
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+_HASHED = re.compile(r"-h[0-9a-f]{8}$")
+MAX_NAME = 80  # characters of a sanitized name kept before its hash suffix
 
 
-def _safe_part(name: str) -> str:
-    name = _SAFE.sub("_", str(name)).strip("._") or "_"
-    return name
+def safe_name(name: str, *, force_hash: bool = False, key: str | None = None) -> str:
+    """One path component for a run or checkpoint name, distinct for distinct names.
+
+    A name made only of ``A-Za-z0-9._=+-`` (not starting or ending with ``.``/``_``, at most
+    80 characters) is kept as it is. Any other name is sanitized *and* given the suffix
+    ``-h<8 hex digits of sha256(key or name)>``, so ``sam-α`` and ``sam-β``, ``epoch 1`` and
+    ``epoch_1``, or ``..`` and ``_`` never share a folder. A name that already ends like such a
+    suffix is suffixed too, so a kept name never equals a suffixed one.
+
+    Example:
+        >>> safe_name("epoch_1"), safe_name("epoch 1")
+        ('epoch_1', 'epoch_1-h51604db2')
+        >>> safe_name("..") != safe_name("_")
+        True
+    """
+    name = str(name)
+    safe = _SAFE.sub("_", name).strip("._")[:MAX_NAME] or "_"
+    if safe == name and not force_hash and not _HASHED.search(name):
+        return name
+    digest = hashlib.sha256(str(key if key is not None else name).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe}-h{digest}"
+
+
+def checkpoint_name(checkpoint: str | os.PathLike) -> str:
+    """The results folder of a checkpoint: its stem for ``*.pt``, else its whole name.
+
+    ``model.ckpt`` and ``model.safetensors`` in one folder thus get two folders. To keep the
+    mapping one-to-one, a ``.pt`` stem that itself has a suffix (``a.pth.pt``) and a name without
+    any suffix (``checkpoint-500``) are always hash-suffixed (:func:`safe_name`): kept names
+    without a suffix come only from ``*.pt`` files, kept names with one only from other files.
+
+    Example:
+        >>> checkpoint_name("ck/epoch_0003.pt"), checkpoint_name("ck/model.safetensors")
+        ('epoch_0003', 'model.safetensors')
+    """
+    p = Path(checkpoint)
+    if p.suffix == ".pt":
+        return safe_name(p.stem, force_hash=bool(Path(p.stem).suffix), key=p.name)
+    return safe_name(p.name, force_hash=not p.suffix, key=p.name)
 
 
 def result_path(out: str | os.PathLike, run: str, checkpoint: str | os.PathLike, analysis: str, hash_: str) -> Path:
-    """``<out>/<run>/<checkpoint stem>/<analysis>-<hash>.nc``.
+    """``<out>/<run>/<checkpoint name>/<analysis>-<hash>.nc``, a pure function of its arguments.
 
-    ``run`` may contain ``/`` (nested runs such as ``sam/seed0``); each part becomes a folder.
+    ``run`` may contain ``/`` (nested runs such as ``sam/seed0``); each part becomes a folder
+    (``.`` and empty parts are dropped). Every part goes through :func:`safe_name`, so distinct
+    names give distinct paths and nothing escapes ``out``.
 
     Example:
         >>> result_path("results", "sgd", "ckpts/sgd/epoch_0003.pt", "hessian", "0123456789").as_posix()
         'results/sgd/epoch_0003/hessian-0123456789.nc'
     """
-    parts = [_safe_part(p) for p in str(run).replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    stem = _safe_part(Path(checkpoint).stem)
-    return Path(out, *parts, stem, f"{analysis}-{hash_}.nc")
+    parts = [safe_name(p) for p in str(run).replace("\\", "/").split("/") if p not in ("", ".")]
+    return Path(out, *parts, checkpoint_name(checkpoint), f"{analysis}-{hash_}.nc")
 
 
 def _result_name_re(analysis: str) -> re.Pattern:
@@ -185,8 +225,11 @@ def write_result(
     )
     meta.update(attrs or {})
     out.attrs = {k: _check_attr(k, v) for k, v in meta.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: out.to_netcdf(tmp, engine=ENGINE))
+    # Serialize in memory, then write plain bytes: HDF5 never sees a failing disk (on a full
+    # disk its close in an error path could crash the process), and a full disk is an ordinary
+    # OSError(ENOSPC) from os.write.
+    data = out.to_netcdf(engine=ENGINE)  # a memoryview: written as it is, not copied
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def read_result(path: str | os.PathLike) -> xr.Dataset:
@@ -244,13 +287,58 @@ def find_results(folder: str | os.PathLike, analysis: str) -> dict[str, list[Pat
     return groups
 
 
-def _provenance_to_coords(ds: xr.Dataset) -> xr.Dataset:
+_MISSING = object()
+
+
+def _plain_attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _varying_attrs(datasets: list[xr.Dataset]) -> dict[str, Any]:
+    """Attributes (besides :data:`PER_FILE_ATTRS`) that differ between files or are missing in
+    some, with the fill value of their coordinate: -1 for integers, NaN for other numbers, ``""``
+    for strings (lists become JSON strings)."""
+    taken = {str(n) for d in datasets for n in (*d.variables, *d.dims)}  # a coordinate must not shadow them
+    keys = sorted({k for d in datasets for k in d.attrs} - set(PER_FILE_ATTRS) - taken)
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [_plain_attr(d.attrs.get(key, _MISSING)) for d in datasets]
+        if all(v is not _MISSING for v in values) and all(v == values[0] for v in values[1:]):
+            continue  # shared by every file: stays a global attribute
+        present = [v for v in values if v is not _MISSING]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            out[key] = -1
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            out[key] = float("nan")
+        else:
+            out[key] = ""
+    return out
+
+
+def _attrs_to_coords(ds: xr.Dataset, fills: Mapping[str, Any]) -> xr.Dataset:
     coords = {}
-    for key, fill in PER_FILE_ATTRS.items():
-        value = ds.attrs.pop(key, fill)
-        value = str(value) if isinstance(fill, str) else int(value)
+    for key, fill in fills.items():
+        value = _plain_attr(ds.attrs.pop(key, fill))
+        if isinstance(fill, str):
+            value = value if isinstance(value, str) else json.dumps(value, default=str)
+        elif isinstance(fill, int):
+            value = int(value)
+        else:
+            value = float(value)
         coords[key] = (("run", "step"), np.array([[value]]))
     return ds.assign_coords(coords)
+
+
+def _why_not_combinable(ds: xr.Dataset, analysis: str) -> str | None:
+    if ds.attrs.get("analysis") != analysis:
+        return f"not a landscape {analysis!r} result (attribute analysis={ds.attrs.get('analysis')!r})"
+    if ds.sizes.get("run") != 1 or ds.sizes.get("step") != 1:
+        return "has no length-1 'run' and 'step' dimensions"
+    return None
 
 
 def open_results(
@@ -262,9 +350,14 @@ def open_results(
     """Combine every result of ``analysis`` under ``folder`` into one Dataset over (run, step).
 
     Per-file provenance (``checkpoint``, ``checkpoint_sha256``, ``created``, ``epoch``, ``device``,
-    ``data_json``, ``checkpoint_config_json``, versions) becomes coordinates along (run, step);
+    ``data_json``, ``checkpoint_config_json``, versions) becomes coordinates along (run, step),
+    and so does every other scalar attribute whose value differs between files (e.g. a
+    Hessian's ``sigma`` or a timing; fill -1 / NaN / ``""`` where a file lacks it);
     runs with different steps are outer-joined (missing entries are NaN, ``""`` or ``-1``).
     Attributes shared by all files (``analysis``, ``config_json``, ``options_hash``) stay.
+    Files that are not results of ``analysis`` (a foreign ``.nc`` with a matching name) are
+    skipped with a warning and listed in ``attrs["ignored_files"]``; a file that cannot be read
+    at all raises :class:`ResultError` naming it.
 
     Args:
         folder: a results folder written by :func:`landscape.analyze`.
@@ -303,9 +396,23 @@ def open_results(
     else:
         files = next(iter(groups.values()))
 
-    by_key: dict[tuple[str, int], list[xr.Dataset]] = {}
+    loaded, ignored = [], []
     for f in files:
-        ds = _provenance_to_coords(read_result(f))
+        ds = read_result(f)  # an unreadable file is an error naming it (delete or restore it)
+        why = _why_not_combinable(ds, analysis)
+        if why:
+            ignored.append(f"{f}: {why}")
+            continue
+        loaded.append(ds)
+    if ignored:
+        warnings.warn(f"open_results({str(folder)!r}, {analysis!r}) ignored {len(ignored)} file(s): "
+                      + "; ".join(ignored), stacklevel=2)
+    if not loaded:
+        raise ResultError(f"{folder}: no {analysis!r} results of landscape; ignored: " + "; ".join(ignored))
+    fills = {**PER_FILE_ATTRS, **_varying_attrs(loaded)}
+    by_key: dict[tuple[str, int], list[xr.Dataset]] = {}
+    for ds in loaded:
+        ds = _attrs_to_coords(ds, fills)
         by_key.setdefault((str(ds["run"].item()), int(ds["step"].item())), []).append(ds)
     parts, dropped = [], []
     for key in sorted(by_key):
@@ -313,12 +420,17 @@ def open_results(
                                                    str(d["checkpoint"].item())))
         parts.append(cands[0])
         dropped.extend(str(d["checkpoint"].item()) for d in cands[1:])
-    fill = {k: v for k, v in PER_FILE_ATTRS.items()}
-    # Explicit kwargs: the current defaults, which xarray warns it will change.
-    combined = xr.combine_by_coords(parts, join="outer", fill_value=fill, combine_attrs="drop_conflicts",
-                                    data_vars="all", coords="different", compat="no_conflicts")
+    try:
+        # Explicit kwargs: the current defaults, which xarray warns it will change.
+        combined = xr.combine_by_coords(parts, join="outer", fill_value=fills, combine_attrs="drop_conflicts",
+                                        data_vars="all", coords="different", compat="no_conflicts")
+    except ValueError as e:  # xarray's AlignmentError / MergeError are ValueErrors
+        raise ResultError(f"{folder}: the {analysis!r} results cannot be combined over (run, step): "
+                          f"{type(e).__name__}: {e}") from None
     if dropped:
         combined.attrs["duplicates_dropped"] = dropped
+    if ignored:
+        combined.attrs["ignored_files"] = ignored
     return combined
 
 
@@ -328,7 +440,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a missing, unreadable or corrupt file raises :class:`ResultError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from None
 
 
 __all__ = [

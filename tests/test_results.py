@@ -60,7 +60,76 @@ def test_result_path_layout():
     assert p.as_posix() == "res/sam/seed0/epoch_0003/hessian-0123456789.nc"
     # Odd characters cannot escape the results folder.
     p = result_path("res", "../x y", "a b.pt", "h", "0123456789")
-    assert p.as_posix() == "res/x_y/a_b/h-0123456789.nc"
+    assert p.parts[:2] == ("res", results.safe_name("..")) and p.parts[2].startswith("x_y-h")
+    assert ".." not in p.parts and p.parts[3].startswith("a_b-h")
+    # Other layouts keep their suffix, so model.ckpt and model.safetensors get two folders.
+    assert result_path("r", "x", "model.ckpt", "h", "0" * 10).parent.name == "model.ckpt"
+
+
+def test_result_paths_are_unique_by_construction():
+    """Issue 10 item 3: distinct (run, checkpoint) names never share a result path."""
+    runs = ["greek/sam-α", "greek/sam-β", "sam-", "sam_", "sam", "a b", "a_b", "a  b", "..", "_", ".x",
+            "x.", "日本", "中国", "sam--h2f5cf82f", "x" * 200, "x" * 201, "ümlaut", "u\u0308mlaut"]
+    ckpts = ["epoch 1.pt", "epoch_1.pt", "epoch-1.pt", "epoch\t1.pt", "épock.pt", "e.pt", "e.pth",
+             "e", "e.ckpt", "e.safetensors", "..pt", "_.pt", "e?.pt", "e*.pt"]
+    paths = {}
+    for run in runs:
+        for ck in ckpts:
+            p = result_path("res", run, ck, "hessian", "0123456789")
+            assert p not in paths, (run, ck, paths.get(p))
+            paths[p] = (run, ck)
+            assert p.parts[0] == "res" and ".." not in p.parts
+            assert all(len(part) <= 100 and part.isascii() for part in p.parts)
+            assert p == result_path("res", run, ck, "hessian", "0123456789")  # pure
+    # Names that need no sanitizing are kept as they are.
+    assert result_path("res", "sam/seed0", "x/epoch_0003.pt", "h", "0" * 10).as_posix() == "res/sam/seed0/epoch_0003/h-0000000000.nc"
+
+
+def test_read_json_names_a_corrupt_file(tmp_path):
+    bad = tmp_path / "run.json"
+    bad.write_text('{"history": [1, 2')
+    with pytest.raises(ResultError, match="run.json: not a readable JSON file"):
+        results.read_json(bad)
+    with pytest.raises(ResultError, match="nope.json: no such file"):
+        results.read_json(tmp_path / "nope.json")
+
+
+def test_open_results_skips_foreign_nc_files(tmp_path):
+    """Issue 10 item 13: a foreign .nc (even one named like a result) does not break open_results."""
+    _write(tmp_path, "r", "e0", 0)
+    _write(tmp_path, "r", "e1", 1)
+    foreign = tmp_path / "r" / "e2" / "demo-0123456789.nc"
+    foreign.parent.mkdir()
+    xr.Dataset({"eig": ("k", np.arange(4.0))}).to_netcdf(foreign, engine="h5netcdf")
+    with pytest.warns(UserWarning, match="ignored 1 file"):
+        ds = open_results(tmp_path, "demo")
+    assert ds.sizes["step"] == 2
+    assert len(ds.attrs["ignored_files"]) == 1 and "e2" in ds.attrs["ignored_files"][0]
+    assert "not a landscape 'demo' result" in ds.attrs["ignored_files"][0]
+    # A file that cannot be read at all is an error that names it.
+    corrupt = tmp_path / "r" / "e3" / "demo-0123456789.nc"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n garbage")
+    with pytest.raises(ResultError, match="e3/demo-0123456789.nc: not a readable result file"):
+        open_results(tmp_path, "demo")
+
+
+def test_open_results_keeps_per_file_scalar_attrs_as_coords(tmp_path):
+    """Issue 9 item 8: sigma, timings (any scalar attribute that differs) become (run, step) coords."""
+    kw = dict(analysis="demo", checkpoint_sha256=SHA, options_hash="0123456789")
+    for step, extra in ((0, {"sigma": 0.5, "seconds": 1.25, "label": "a", "n_calls": 3}),
+                        (1, {"sigma": 0.75, "seconds": 2.5, "label": "b", "n_calls": 4}),
+                        (2, {"sigma": 0.75, "label": "c"})):
+        ds = _ds(step)
+        ds.attrs.update(extra, shared="same", eig=f"clash {step}")  # an attribute named like a variable
+        write_result(ds, result_path(tmp_path, "r", f"e{step}.pt", "demo", "0123456789"), run="r", step=step,
+                     checkpoint=f"e{step}.pt", **kw)
+    ds = open_results(tmp_path, "demo")
+    assert ds["sigma"].dims == ("run", "step") and ds["sigma"].values.tolist() == [[0.5, 0.75, 0.75]]
+    np.testing.assert_array_equal(ds["seconds"].values, [[1.25, 2.5, np.nan]])
+    assert ds["label"].values.tolist() == [["a", "b", "c"]]
+    assert ds["n_calls"].values.tolist() == [[3, 4, -1]]
+    assert ds.attrs["shared"] == "same" and "sigma" not in ds.attrs
 
 
 def test_write_read_roundtrip_with_provenance(tmp_path):

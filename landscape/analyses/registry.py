@@ -18,8 +18,8 @@ data of the checkpoint (its config's ``dataset``, ``dataset_kwargs``, ``data_roo
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,15 +31,21 @@ from landscape.config import ConfigError, Options, check
 class DataOptions(Options):
     """Where the analysed data come from (the ``[data]`` table of an analyze TOML file).
 
-    ``dataset``: a :func:`landscape.data.get_dataset` name; ``None`` = the checkpoint's
-    training data set. ``dataset_kwargs``: ``None`` = the checkpoint's when ``dataset`` is the
-    checkpoint's (else ``{}``). ``data_root``: ``None`` = the checkpoint's. ``split``: ``train``
-    (the sharpness protocol of SAM-ON Appendix B.10 uses training examples) or ``test``.
-    ``n``: keep the first ``n`` examples (``None`` = all).
+    ``dataset``: a :func:`landscape.data.get_dataset` name, or an import path
+    ``"package.module:factory"`` to a function returning any data the analyses accept (called
+    with ``split=`` when it takes one, and ``dataset_kwargs``) or to a data object; ``None`` =
+    the checkpoint's training data set. ``dataset_kwargs``: ``None`` = the checkpoint's when
+    ``dataset`` is the checkpoint's (else ``{}``). ``data_root``: ``None`` = the checkpoint's
+    (zoo data sets only). ``split``: ``train`` (the sharpness protocol of SAM-ON Appendix B.10
+    uses training examples) or ``test``. ``n``: keep the first ``n`` examples (``None`` = all).
 
     Example:
         >>> DataOptions.from_dict({"split": "test", "n": 256}).n
         256
+        >>> DataOptions(dataset="mnist_1d")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        landscape.config.ConfigError: unknown data.dataset 'mnist_1d' (did you mean 'mnist1d'?); accepted: cifar10, cifar100, mnist1d, ..., or an import path 'package.module:factory'
     """
 
     dataset: str | None = None
@@ -49,10 +55,22 @@ class DataOptions(Options):
     n: int | None = None
 
     def validate(self) -> None:
-        check(self.n is None or (isinstance(self.n, int) and self.n >= 1),
+        check(self.n is None or (isinstance(self.n, int) and not isinstance(self.n, bool) and self.n >= 1),
               f"DataOptions.n must be a positive integer or None, got {self.n!r}")
         check(self.dataset_kwargs is None or isinstance(self.dataset_kwargs, dict),
               f"DataOptions.dataset_kwargs must be a table/dict, got {self.dataset_kwargs!r}")
+        check(self.dataset is None or (isinstance(self.dataset, str) and self.dataset != ""),
+              f"data.dataset must be a data set name or an import path, got {self.dataset!r}")
+        if self.dataset is not None and ":" not in self.dataset:
+            from landscape.data import dataset_names
+
+            names = dataset_names()
+            if self.dataset not in names:
+                hint = difflib.get_close_matches(self.dataset, names, n=1)
+                raise ConfigError(
+                    f"unknown data.dataset {self.dataset!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; accepted: {', '.join(names)}, or an import path 'package.module:factory'"
+                )
 
     def resolve(self, checkpoint_config: Mapping[str, Any] | None) -> dict[str, Any]:
         """The concrete data spec for one checkpoint: ``{dataset, dataset_kwargs, data_root, split, n}``.
@@ -69,7 +87,8 @@ class DataOptions(Options):
         if not name:
             raise ConfigError(
                 "the checkpoint holds no training config naming its data set (a foreign file?); "
-                "set data.dataset (e.g. [data] dataset = \"mnist1d\" in the analyze config)"
+                "set data.dataset (e.g. [data] dataset = \"mnist1d\" or \"mynets:make_data\" in the "
+                "analyze config, --data on the command line, data= in Python)"
             )
         same = self.dataset is None or self.dataset == cfg.get("dataset")
         if self.dataset_kwargs is not None:
@@ -78,6 +97,31 @@ class DataOptions(Options):
             kwargs = dict(cfg.get("dataset_kwargs") or {}) if same else {}
         root = self.data_root if self.data_root is not None else cfg.get("data_root")
         return {"dataset": name, "dataset_kwargs": kwargs, "data_root": root, "split": self.split, "n": self.n}
+
+
+@dataclass(frozen=True)
+class ModelOptions(Options):
+    """How to build the model a checkpoint's weights are loaded into (the ``[model]`` table).
+
+    ``spec``: ``None`` = the spec stored in a landscape checkpoint; else a zoo model name or an
+    import path ``"package.module:factory"`` (any callable returning an ``nn.Module``), needed
+    for foreign checkpoints (a bare ``state_dict``, ``{"model_state_dict": ...}``, Lightning
+    ``.ckpt``, ``.safetensors``). ``kwargs``: keyword arguments of the factory.
+
+    Example:
+        >>> ModelOptions.from_dict({"spec": "mynets:make_cnn", "kwargs": {"width": 8}}).kwargs
+        {'width': 8}
+    """
+
+    spec: str | None = None
+    kwargs: dict | None = None
+
+    def validate(self) -> None:
+        check(self.spec is None or (isinstance(self.spec, str) and self.spec != ""),
+              f"model.spec must be a zoo model name or an import path 'package.module:factory', got {self.spec!r}")
+        check(self.kwargs is None or (isinstance(self.kwargs, dict) and all(isinstance(k, str) for k in self.kwargs)),
+              f"model.kwargs must be a table/dict, got {self.kwargs!r}")
+        check(self.kwargs is None or self.spec is not None, "model.kwargs given without model.spec")
 
 
 @dataclass(frozen=True)
@@ -102,7 +146,13 @@ class Analysis:
             if not isinstance(d, self.options_cls):
                 raise ConfigError(f"analysis {self.name!r} takes {self.options_cls.__name__}, got {type(d).__name__}")
             return d
-        return self.options_cls.from_dict(dict(d or {}), where=self.name)
+        try:
+            return self.options_cls.from_dict(dict(d or {}), where=self.name)
+        except TypeError as e:  # a range check meeting a value of the wrong type ("0.1" > 0)
+            raise ConfigError(
+                f"options of {self.name!r}: a value has the wrong type ({e}); options: "
+                f"{dict(d or {})!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -120,26 +170,28 @@ _REGISTRY: dict[str, _Entry] = {}
 def _resolve(obj: Any, what: str, name: str) -> Any:
     if not isinstance(obj, str):
         return obj
-    module, _, attr = obj.partition(":")
+    from landscape.specs import SpecError, import_object
+
     try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"analysis {name!r} is not available: cannot import {module!r} for its {what} ({e})") from None
-    try:
-        return getattr(mod, attr)
-    except AttributeError:
-        raise ConfigError(f"analysis {name!r} is not available: {module!r} has no {attr!r} ({what})") from None
+        return import_object(obj)
+    except SpecError as e:
+        raise ConfigError(f"analysis {name!r} is not available: {e} ({what})") from None
 
 
 def import_spec(obj: Any) -> str | None:
-    """``"module:qualname"`` for an importable top-level object (or the string itself), else None."""
+    """``"module:qualname"`` for an importable top-level object (or the string itself), else None.
+
+    The naming is :func:`landscape.specs.import_path_of` (``"__main__:fn"`` works in spawned
+    local workers, which re-import the main script, not on Slurm).
+    """
     if obj is None or isinstance(obj, str):
         return obj
-    module, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    # "__main__:fn" works in spawned local workers (they re-import the main script), not on Slurm.
-    if not module or not qual or "<" in qual:
+    from landscape.specs import SpecError, import_path_of
+
+    try:
+        return import_path_of(obj)
+    except SpecError:
         return None
-    return f"{module}:{qual}"
 
 
 def register_analysis(
@@ -171,8 +223,8 @@ def register_analysis(
     """
     if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha() or name != name.lower():
         raise ValueError(f"analysis name {name!r} must be lower_snake (letters, digits, '_'), starting with a letter")
-    if name in ("data",):
-        raise ValueError("'data' is reserved for DataOptions")
+    if name in RESERVED_TABLES:
+        raise ValueError(f"{name!r} is reserved for the [{name}] options table")
     if name in _REGISTRY and not replace:
         raise ValueError(f"analysis {name!r} is already registered (pass replace=True to override)")
     _REGISTRY[name] = _Entry(fn, options_cls, bool(needs_data), extra_inputs, description)
@@ -258,16 +310,24 @@ def parse_analyses(analyses: str | Iterable[str]) -> list[str]:
     return names
 
 
+RESERVED_TABLES = ("data", "model")
+
+
 def resolve_options(
     analyses: Iterable[str],
     options: Mapping[str, Any] | None = None,
+    *,
+    loss: str | None = None,
 ) -> tuple[dict[str, Options], DataOptions]:
     """Validate per-analysis options and the data options of a batch run.
 
-    ``options`` maps analysis names (and ``"data"``) to dicts or Options objects, e.g. the
-    parsed TOML ``{"data": {"n": 512}, "hessian": {"top_k": 3}}``. Tables of registered
+    ``options`` maps analysis names (and ``"data"``, ``"model"``) to dicts or Options objects,
+    e.g. the parsed TOML ``{"data": {"n": 512}, "hessian": {"top_k": 3}}``. Tables of registered
     analyses that are not requested are allowed (one config file for several runs) and still
-    checked for unknown keys when their module imports; unknown table names raise.
+    checked for unknown keys when their module imports; unknown table names raise. ``loss``
+    (``"ce"``, ``"mse"`` or an import path) is put into the ``loss`` option of every analysis
+    that reads data. Conflicts between options are reported here, before any work: an analysis
+    whose ``required_samples()`` exceeds ``data.n``.
 
     Example:
         >>> opts, data = resolve_options(["norm_params"], {"norm_params": {"bins": 5}})
@@ -276,24 +336,47 @@ def resolve_options(
     """
     options = dict(options or {})
     for key in options:
-        if key != "data" and key not in _REGISTRY:
-            hint = difflib.get_close_matches(key, list(_REGISTRY) + ["data"], n=1)
+        if key not in RESERVED_TABLES and key not in _REGISTRY:
+            hint = difflib.get_close_matches(key, list(_REGISTRY) + list(RESERVED_TABLES), n=1)
             raise ConfigError(
                 f"unknown options table {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; accepted: data, {', '.join(analysis_names())}"
+                + f"; accepted: {', '.join(RESERVED_TABLES)}, {', '.join(analysis_names())}"
             )
     data = options.get("data")
     data = data if isinstance(data, DataOptions) else DataOptions.from_dict(data, where="data")
     wanted = list(analyses)
     resolved = {name: get_analysis(name).options(options.get(name)) for name in wanted}
+    if loss is not None:
+        for name in wanted:
+            a = get_analysis(name)
+            if not a.needs_data:
+                continue
+            if "loss" not in {f.name for f in dataclasses.fields(a.options_cls)}:
+                raise ConfigError(f"analysis {name!r} has no 'loss' option, so loss={loss!r} cannot be applied to it")
+            resolved[name] = a.options({**resolved[name].to_dict(), "loss": loss})
     for name in options:
-        if name not in ("data", *wanted):
+        if name not in (*RESERVED_TABLES, *wanted):
             try:
                 get_analysis(name).options(options[name])
             except ConfigError as e:
                 if "is not available" not in str(e):
                     raise
+    if data.n is not None:
+        for name, opts in resolved.items():
+            required = getattr(opts, "required_samples", None)
+            need = required() if callable(required) else None
+            if need is not None and need > data.n:
+                raise ConfigError(
+                    f"options conflict: {name} needs {need} examples but data.n={data.n} keeps only "
+                    f"{data.n}; raise data.n to at least {need} or lower {name}'s sample count"
+                )
     return resolved, data
+
+
+def model_options(options: Mapping[str, Any] | None) -> ModelOptions:
+    """The ``[model]`` table of an options mapping (validated; empty when absent)."""
+    m = dict(options or {}).get("model")
+    return m if isinstance(m, ModelOptions) else ModelOptions.from_dict(m, where="model")
 
 
 # Built-in analyses. Lazily imported: a missing module only disables its own entry.
@@ -319,11 +402,13 @@ register_analysis(
 __all__ = [
     "Analysis",
     "DataOptions",
+    "ModelOptions",
     "analysis_names",
     "ensure_registered",
     "entry_spec",
     "get_analysis",
     "import_spec",
+    "model_options",
     "parse_analyses",
     "register_analysis",
     "resolve_options",
