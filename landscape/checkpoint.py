@@ -135,8 +135,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`landscape.atomic.atomic_write` (never a partial file)."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through :func:`landscape.atomic.atomic_write` (never a partial file).
+
+    Saved through an open file object: given a path, torch names the records inside the zip
+    after the (temporary, random) file name, so identical objects would give different bytes.
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def save_checkpoint(

@@ -213,10 +213,6 @@ def test_checkpoint_content_is_a_function_of_config_seed_and_data(tmp_path):
     assert all("seconds" in h for h in info["history"])  # timings live in run.json only
 
 
-@pytest.mark.xfail(reason="checkpoint.atomic_save calls torch.save on the temporary path, and torch names the "
-                          "zip records after the file (a.pt.<host>.<pid>.<token>/data.pkl); saving through an "
-                          "open file object (records under 'archive/') makes the bytes identical. "
-                          "checkpoint.py is the foreign stream's file.", strict=False)
 def test_checkpoint_bytes_identical_across_identical_runs(tmp_path):
     files, again, _ = _two_identical_runs(tmp_path)
     assert files == again

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.config import MSAMConfig
 from landscape.optim.sam import OptimizerWrapper, _cosine, _named_params
 from landscape.precision import all_finite, scaled, scaler_enabled
 
@@ -62,7 +63,7 @@ class MSAM(OptimizerWrapper):
     Args:
         model_or_params: the model or an iterable of parameters / parameter groups.
         base_optimizer_class: ``torch.optim.SGD`` (momentum > 0), ``Adam`` or ``AdamW``.
-        rho: shift length, ``>= 0`` (default 3, the MSAM code's default for SGD).
+        rho: shift length, ``>= 0`` (default ``MSAMConfig.rho`` = 3, the MSAM code's default for SGD).
         **base_kwargs: passed to the base optimizer.
 
     Attributes:
@@ -76,7 +77,7 @@ class MSAM(OptimizerWrapper):
     batch version.
     """
 
-    def __init__(self, model_or_params, base_optimizer_class: type[torch.optim.Optimizer], *, rho: float = 3.0, **base_kwargs):
+    def __init__(self, model_or_params, base_optimizer_class: type[torch.optim.Optimizer], *, rho: float = MSAMConfig.rho, **base_kwargs):
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
             raise ValueError(f"MSAM: rho must be a finite number >= 0, got {rho!r}")
         key = _buffer_key(base_optimizer_class) if isinstance(base_optimizer_class, type) else None
