@@ -26,13 +26,14 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+
+from landscape.config import did_you_mean
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.LayerNorm, nn.GroupNorm) + (
     (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
@@ -107,10 +108,9 @@ def _term_predicate(model: nn.Module, term: str) -> Callable[[str, nn.Parameter]
                 )
             chosen.append(prefixes[k - 1])
         return lambda n, p: any(_in_prefix(n, pre) for pre in chosen)
-    hint = difflib.get_close_matches(term, KEYWORDS, n=1)
     raise GroupError(
         f"unknown parameter group {term!r}"
-        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + did_you_mean(term, KEYWORDS)
         + f"; accepted: {', '.join(KEYWORDS)}, stages like 'B3' or 'B2+B3', 'glob:PATTERN', "
         "and intersections with '&'"
     )
@@ -147,10 +147,9 @@ def select(model: nn.Module, spec: GroupSpec = "all", *, trainable_only: bool = 
         names = {n for n, _ in named}
         missing = [w for w in wanted if w not in names]
         if missing:
-            hint = difflib.get_close_matches(missing[0], list(names), n=1)
             raise GroupError(
                 f"parameter {missing[0]!r} is not in the model"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + did_you_mean(missing[0], list(names))
             )
         keep = set(wanted)
         pred = lambda n, p: n in keep  # noqa: E731

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -47,6 +46,7 @@ from typing import Any
 
 from torch import nn
 
+from landscape.config import did_you_mean
 from landscape.models.registry import (
     MAX_PARAMETER_TENSORS,
     MAX_PARAMETERS,
@@ -163,14 +163,13 @@ def import_object(path: str, *, search_paths: Iterable[str | os.PathLike] = ()) 
         except AttributeError:
             owner = module_name + "".join("." + p for p in parts[:i])
             names = sorted(n for n in dir(obj) if not n.startswith("_"))
-            hint = difflib.get_close_matches(part, names, n=1)
             file = getattr(obj, "__file__", None) if i == 0 else None
             shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
             raise SpecError(
                 f"cannot import {path!r}: {'module' if i == 0 else 'object'} {owner!r}"
                 + (f" ({file})" if file else "")
                 + f" has no attribute {part!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + did_you_mean(part, names)
                 + f"; it defines: {shown or 'nothing public'}"
             ) from None
     return obj
@@ -373,9 +372,8 @@ def resolve_model(
                 raise SpecError(f"model spec {spec!r} names a {type(obj).__name__}, not a model class or factory; accepted: {MODEL_FORMS}")
             return ModelSpec(spec, merged, obj, True, **budget)
         if spec not in model_names():
-            hint = difflib.get_close_matches(spec, model_names(), n=1)
             raise SpecError(
-                f"unknown model {spec!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                f"unknown model {spec!r}" + did_you_mean(spec, model_names())
                 + f"; zoo models: {', '.join(model_names())}; or an import path {_FORM}"
             )
         return ModelSpec(spec, merged, None, True, **budget)
@@ -472,9 +470,8 @@ def resolve_data(
         from landscape.data import dataset_names, get_dataset
 
         if spec not in dataset_names():
-            hint = difflib.get_close_matches(spec, dataset_names(), n=1)
             raise SpecError(
-                f"unknown dataset {spec!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                f"unknown dataset {spec!r}" + did_you_mean(spec, dataset_names())
                 + f"; zoo data sets: {', '.join(dataset_names())}; or an import path {_FORM}"
             )
         try:

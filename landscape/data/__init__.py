@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 
+from landscape.config import did_you_mean
 from landscape.data.base import ArrayDataset
 from landscape.data.cifar import cifar10, cifar100
 from landscape.data.mnist1d import data_dir, mnist1d
@@ -70,9 +70,8 @@ def get_dataset(name: str, split: str = "train", root=None, augment: bool = Fals
         16
     """
     if name not in _DATASETS:
-        hint = difflib.get_close_matches(name, _DATASETS, n=1)
         raise ValueError(
-            f"unknown dataset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            f"unknown dataset {name!r}" + did_you_mean(name, _DATASETS)
             + f"; accepted: {', '.join(dataset_names())}"
         )
     if split not in SPLITS:
@@ -84,9 +83,8 @@ def get_dataset(name: str, split: str = "train", root=None, augment: bool = Fals
     for key in kwargs:
         if key not in sig:
             accepted = [k for k in sig if k != "split"]
-            hint = difflib.get_close_matches(key, accepted, n=1)
             raise ValueError(
-                f"dataset {name!r} has no option {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                f"dataset {name!r} has no option {key!r}" + did_you_mean(key, accepted)
                 + f"; accepted: {', '.join(accepted)}"
             )
     ds = fn(split, **kwargs)

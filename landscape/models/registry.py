@@ -8,7 +8,6 @@ the memory limit (issue 10, item 4).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +19,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from landscape import params
+from landscape.config import did_you_mean
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -181,9 +181,8 @@ def build_model(
         landscape.models.registry.ModelBudgetError: model spec {'name': 'mlp', 'kwargs': {'depth': 10000000}}: more than ...
     """
     if name not in _REGISTRY:
-        hint = difflib.get_close_matches(str(name), _REGISTRY, n=1)
         raise ValueError(
-            f"unknown model {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            f"unknown model {name!r}" + did_you_mean(str(name), _REGISTRY)
             + f"; accepted: {', '.join(model_names())}"
         )
     fn = _REGISTRY[name]
@@ -192,10 +191,9 @@ def build_model(
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         for key in kwargs:
             if key not in accepted:
-                hint = difflib.get_close_matches(key, accepted, n=1)
                 raise ValueError(
                     f"model {name!r} has no option {key!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + did_you_mean(key, accepted)
                     + f"; accepted: {', '.join(accepted)}"
                 )
     what = f"model spec {{'name': {name!r}, 'kwargs': {dict(kwargs)!r}}}"
