@@ -47,7 +47,7 @@ from typing import Any
 
 from landscape import results
 from landscape.analyses import registry
-from landscape.config import ConfigError
+from landscape.config import ConfigError, resolve_device
 from landscape.locks import ResultLock
 from landscape.progress import Progress
 
@@ -282,14 +282,6 @@ def _resolve_ref(value: Any, search_paths: list[str], instantiate: bool = False)
     return obj() if instantiate and isinstance(obj, type) else obj
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_task(task: Task) -> dict[str, Any]:
     """Run one (checkpoint, analysis) task; never raises for errors of the task itself.
 
@@ -351,7 +343,7 @@ def _compute_and_write(task: Task, sha: str) -> int:
 
         spec = _local(task.model) if isinstance(task.model, str) else resolve_model(task.model, search_paths=paths)
         ckpt = load_checkpoint(task.checkpoint, model=spec.build())
-    device = _device(task.device)
+    device = resolve_device(task.device)
     model = ckpt.model.to(device)
     data, data_spec = None, None
     if analysis.needs_data:

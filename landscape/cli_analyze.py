@@ -13,14 +13,13 @@ Example::
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from landscape.config import ConfigError, read_toml  # noqa: F401 - read_toml re-exported (its home is config)
+from landscape.config import ConfigError, did_you_mean, read_toml, toml_value  # noqa: F401 - read_toml re-exported (its home is config)
 
 # --slurm key -> submitit AutoExecutor parameter (and how to parse its value).
 SLURM_KEYS: dict[str, str] = {
@@ -97,9 +96,8 @@ def parse_slurm(text: str) -> dict[str, Any]:
         if not sep or not value:
             raise ConfigError(f"--slurm item {item!r} must be key=value")
         if key not in SLURM_KEYS:
-            hint = difflib.get_close_matches(key, SLURM_KEYS, n=1)
             raise ConfigError(
-                f"unknown --slurm key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                f"unknown --slurm key {key!r}" + did_you_mean(key, SLURM_KEYS)
                 + f"; accepted: {', '.join(SLURM_KEYS)}"
             )
         if key == "time":
@@ -136,14 +134,6 @@ def slurm_executor(text: str, out: str | Path):
     return executor
 
 
-def _toml():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib
-
-
 def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["hessian.top_k=3", "data.split=\\"test\\""]`` -> nested option tables (TOML values).
 
@@ -157,11 +147,7 @@ def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
         table, dot, option = key.strip().partition(".")
         if not sep or not dot or not table or not option:
             raise ConfigError(f"--set {item!r} must look like TABLE.OPTION=VALUE, e.g. hessian.top_k=3")
-        try:
-            parsed = _toml().loads(f"v = {value.strip()}")["v"]
-        except Exception:  # noqa: BLE001 - a bare word is a string
-            parsed = value.strip()
-        out.setdefault(table, {})[option] = parsed
+        out.setdefault(table, {})[option] = toml_value(value)
     return out
 
 
@@ -200,10 +186,7 @@ def parse_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[str, An
         key = key.strip()
         if not sep or not key.isidentifier():
             raise ConfigError(f"{flag} item {item!r} must be NAME=VALUE (e.g. {flag} width=8,depth=2)")
-        try:
-            out[key] = _toml().loads(f"v = {value.strip()}")["v"]
-        except Exception:  # noqa: BLE001 - a bare word is a string
-            out[key] = value.strip()
+        out[key] = toml_value(value)
     return out
 
 
@@ -287,8 +270,7 @@ def _suggest_unknown_flags(p: argparse.ArgumentParser) -> None:
         if unknown:
             msgs = []
             for e in unknown:
-                hint = difflib.get_close_matches(e.split("=", 1)[0], flags, n=1, cutoff=0.6)
-                msgs.append(f"{e}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+                msgs.append(e + did_you_mean(e.split("=", 1)[0], flags))
             p.error(f"unrecognized option(s): {'; '.join(msgs)}; accepted: {', '.join(flags)}")
         return ns, extras
 

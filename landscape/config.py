@@ -40,6 +40,29 @@ def did_you_mean(word: Any, choices: Iterable[Any]) -> str:
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
+def _tomllib():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def toml_value(text: str) -> Any:
+    """One value as TOML reads it (``3``, ``0.1``, ``[1, 2]``, ``true``, ``"x"``); a bare word that
+    is not TOML is the string itself (``--set data.split=test``).
+
+    Example:
+        >>> toml_value("[0.1, 0.2]"), toml_value("3"), toml_value("test")
+        ([0.1, 0.2], 3, 'test')
+    """
+    text = text.strip()
+    try:
+        return _tomllib().loads(f"v = {text}")["v"]
+    except Exception:  # noqa: BLE001 - a bare word is a string
+        return text
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     r"""Parse a TOML file; every error names the file.
 
@@ -50,10 +73,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         >>> read_toml(p)
         {'epochs': 2, 'sam': {'rho': 0.1}}
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    tomllib = _tomllib()
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

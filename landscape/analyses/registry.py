@@ -19,12 +19,11 @@ data of the checkpoint (its config's ``dataset``, ``dataset_kwargs``, ``data_roo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from landscape.config import ConfigError, Options, check
+from landscape.config import ConfigError, Options, check, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,8 @@ class DataOptions(Options):
 
             names = dataset_names()
             if self.dataset not in names:
-                hint = difflib.get_close_matches(self.dataset, names, n=1)
                 raise ConfigError(
-                    f"unknown data.dataset {self.dataset!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    f"unknown data.dataset {self.dataset!r}" + did_you_mean(self.dataset, names)
                     + f"; accepted: {', '.join(names)}, or an import path 'package.module:factory'"
                 )
 
@@ -240,9 +238,8 @@ def analysis_names() -> list[str]:
 
 
 def _unknown(name: str) -> ConfigError:
-    hint = difflib.get_close_matches(name, _REGISTRY, n=1)
     return ConfigError(
-        f"unknown analysis {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        f"unknown analysis {name!r}" + did_you_mean(name, _REGISTRY)
         + f"; accepted: {', '.join(analysis_names())}"
     )
 
@@ -337,9 +334,8 @@ def resolve_options(
     options = dict(options or {})
     for key in options:
         if key not in RESERVED_TABLES and key not in _REGISTRY:
-            hint = difflib.get_close_matches(key, list(_REGISTRY) + list(RESERVED_TABLES), n=1)
             raise ConfigError(
-                f"unknown options table {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                f"unknown options table {key!r}" + did_you_mean(key, list(_REGISTRY) + list(RESERVED_TABLES))
                 + f"; accepted: {', '.join(RESERVED_TABLES)}, {', '.join(analysis_names())}"
             )
     data = options.get("data")
