@@ -552,7 +552,7 @@ def analyze(
     paths = _driver_search_paths(items, search_paths)
     options, model_json, loss_ref = _sources(options, model, model_kwargs, data, data_kwargs, loss, local_ok, paths)
     resolved, data_opts = registry.resolve_options(names, options, loss=loss_ref)
-    _check_data_source(data_opts, names, paths)
+    _check_data_source(data_opts, names, paths, resolved)
     out = Path(out)
     rejected: list[dict[str, str]] = []
     ckpts = _unique_results(_checkpoints_with_runs(items, rejected), out)
@@ -695,12 +695,40 @@ def _sources(options: Mapping[str, Any] | None, model: Any, model_kwargs: Any, d
     return options, model_json, loss_ref
 
 
-def _check_data_source(data_opts: registry.DataOptions, names: list[str], paths: list[str]) -> None:
-    """An import-path data set must import before any task runs (calling it is the task's job)."""
+def _check_data_source(data_opts: registry.DataOptions, names: list[str], paths: list[str],
+                       resolved: Mapping[str, Any]) -> None:
+    """A data set named for the whole run must import, and hold the examples every analysis asks
+    for, before any task runs (so ``sharpness.n=1024`` on 256 examples is one message, not N
+    failed tasks). The checkpoints' own data sets (no ``data.dataset``) are checked per task."""
     from landscape.specs import import_object, is_import_path
 
-    if data_opts.dataset and is_import_path(data_opts.dataset) and any(registry.get_analysis(n).needs_data for n in names):
+    using = [n for n in names if registry.get_analysis(n).needs_data]
+    if not data_opts.dataset or not using:
+        return
+    if is_import_path(data_opts.dataset):
         import_object(data_opts.dataset, search_paths=paths)
+    needs = {}
+    for n in using:
+        required = getattr(resolved[n], "required_samples", None)
+        need = required() if callable(required) else None
+        if need is not None:
+            needs[n] = need
+    if not needs:
+        return
+    spec = data_opts.resolve(None)
+    ds = _load_data(json.dumps(spec, sort_keys=True), tuple(paths))
+    try:
+        size = len(ds)
+    except TypeError:  # an iterable of batches: its length is known only by iterating it
+        return
+    short = {n: k for n, k in needs.items() if k > size}
+    if short:
+        name, need = max(short.items(), key=lambda kv: kv[1])
+        raise ConfigError(
+            f"options conflict: {name} needs {need} examples but data set {data_opts.dataset!r} "
+            f"(split {data_opts.split!r}) holds {size}; lower {name}'s sample count (e.g. "
+            f"--set {name}.{'n' if name == 'sharpness' else 'max_samples'}={size}) or give more data"
+        )
 
 
 def _run_isolated(tasks: list[Task], workers: int, done) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape.config import ConfigError, Options, TrainConfig, field_docs, read_toml
+from landscape.config import ConfigError, Options, TrainConfig, did_you_mean, field_docs, read_toml
 
 # Exit statuses of every subcommand (one rule, in :func:`exit_status`).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -212,7 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     if add_plot_parser is not None:
         add_plot_parser(sub)
     add_demo_parser(sub)
+    for p in sub.choices.values():
+        strict_flags(p)
     return parser
+
+
+def strict_flags(p: argparse.ArgumentParser) -> None:
+    """No silent abbreviations (``--epoch`` is not ``--epochs``), and an unknown flag is an error
+    that names the nearest accepted one and lists them all; applied to every subcommand."""
+    p.allow_abbrev = False
+    flags = sorted({o for a in p._actions for o in a.option_strings if o.startswith("--")})
+    parse_known = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = parse_known(args, namespace)
+        unknown = [e for e in extras if e.startswith("-")]
+        if unknown:
+            msgs = [e + did_you_mean(e.split("=", 1)[0], flags) for e in unknown]
+            p.error(f"unrecognized option(s): {'; '.join(msgs)}; accepted: {', '.join(flags)}")
+        return ns, extras
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def exit_status(error: BaseException) -> int | None:

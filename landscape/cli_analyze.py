@@ -213,7 +213,6 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "analyze",
-        allow_abbrev=False,
         help="run analyses (hessian, sharpness, ...) on every checkpoint in a folder",
         description=(
             "Run registered analyses on every checkpoint under CKPT_DIR (recursive *.pt); one netCDF "
@@ -255,26 +254,7 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--search-path", action="append", default=None, metavar="DIR",
                    help="extra folder for import paths (the checkpoint folder, its parent and . always are)")
     p.set_defaults(func=run_analyze)
-    _suggest_unknown_flags(p)
     return p
-
-
-def _suggest_unknown_flags(p: argparse.ArgumentParser) -> None:
-    """Make a misspelt flag an error that names the nearest accepted one (not a silent abbreviation)."""
-    flags = sorted({o for a in p._actions for o in a.option_strings if o.startswith("--")})
-    parse_known = p.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = parse_known(args, namespace)
-        unknown = [e for e in extras if e.startswith("-")]
-        if unknown:
-            msgs = []
-            for e in unknown:
-                msgs.append(e + did_you_mean(e.split("=", 1)[0], flags))
-            p.error(f"unrecognized option(s): {'; '.join(msgs)}; accepted: {', '.join(flags)}")
-        return ns, extras
-
-    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def run_analyze(args: argparse.Namespace) -> int:

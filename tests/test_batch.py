@@ -725,6 +725,8 @@ def test_bad_model_data_and_option_conflicts_fail_before_any_task(tmp_path, fore
         (["-a", "t_loss_stats", "--data", f"{name}:no_data"], "has no attribute 'no_data'"),
         (["-a", "t_needs", "--set", "data.n=32"], "t_needs needs 64 examples but data.n=32"),
         (["-a", "sharpness", "--set", "data.n=256"], "sharpness needs 1024 examples but data.n=256"),
+        (["-a", "sharpness", "--model", f"{name}:make_net", "--data", f"{name}:make_data"],
+         "sharpness needs 1024 examples but data set .*make_data.* holds 20"),
         (["--wrokers", "2"], "unrecognized option.*--wrokers \\(did you mean '--workers'\\?\\)"),
         (["--work", "2"], "unrecognized option.*--work"),
     ]

@@ -289,3 +289,17 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     a, b = (torch.load(r / "last.pt", weights_only=True) for r in (tmp_path / "run", ref))
     assert _tensors_equal(a["model_state"], b["model_state"])
     assert _tensors_equal(a["optimizer_state"], b["optimizer_state"])
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--epoch", "3"], "--epochs"),          # an abbreviation is not silently accepted
+    (["train", "--learning-rate", "0.1"], None),
+    (["demo", "--quik"], "--quick"),
+])
+def test_misspelt_or_abbreviated_flags_are_refused_with_a_suggestion(argv, hint, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized option(s)" in err and "accepted: " in err
+    if hint:
+        assert f"did you mean '{hint}'" in err
