@@ -8,6 +8,7 @@ interactive backend to pick, and nothing here imports torch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -212,6 +213,22 @@ def select_steps(da: xr.DataArray, step: int | None) -> dict[str, int]:
             return chosen
     have = sorted({steps[j] for j in range(len(steps)) if ok[:, j].any()})
     raise PlotError(f"step={step} has no {da.name!r} data; steps with data: {have}")
+
+
+def number(v: Any) -> float:
+    """A JSON value as a float for plotting: NaN for booleans, None and anything non-numeric
+    (``run.json`` records written by other versions may lack or mistype a field).
+
+    Example:
+        >>> number(3), number(None), number("x")
+        (3.0, nan, nan)
+    """
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def step_note(chosen: Mapping[str, int]) -> str:

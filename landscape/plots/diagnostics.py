@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from landscape.plots.common import PlotError, figure, integer_axis, run_colors, style
+from landscape.plots.common import PlotError, figure, integer_axis, number, run_colors, style
 
 __all__ = ["PANELS", "diagnostics_dataset", "training_diagnostics"]
 
@@ -29,12 +29,6 @@ PANELS: dict[str, tuple[str, str]] = {
     "grad_cosine": ("cos(g(w), g(w+eps))", "cosine between the plain and the perturbed gradient"),
     "momentum_cosine": ("cos(momentum, g)", "cosine between momentum and gradient (MSAM)"),
 }
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return math.nan
-    return float(v)
 
 
 def diagnostics_dataset(run_json: Mapping[str, Any], *, run: str | None = None) -> xr.Dataset:
@@ -71,7 +65,7 @@ def diagnostics_dataset(run_json: Mapping[str, Any], *, run: str | None = None) 
             if key != "step" and key not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
                 keys.append(key)
     data_vars = {
-        key: ("step", np.array([_number(by_step[s].get(key)) for s in steps]),
+        key: ("step", np.array([number(by_step[s].get(key)) for s in steps]),
               {"long_name": PANELS.get(key, (key, key.replace("_", " ")))[1], "units": "1"})
         for key in keys
     }

@@ -8,7 +8,6 @@ it into a Dataset over ``epoch`` so curves use the same tools as analysis result
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,15 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from landscape.plots.common import PlotError, figure, integer_axis, log_axis, run_colors, style
+from landscape.plots.common import (
+    PlotError,
+    figure,
+    integer_axis,
+    log_axis,
+    number,
+    run_colors,
+    style,
+)
 
 __all__ = ["combine_histories", "history_dataset", "training_curves"]
 
@@ -31,15 +38,6 @@ _META: dict[str, tuple[str, str]] = {
     "lr": ("learning rate at the end of the epoch", "1"),
     "seconds": ("wall-clock time of the epoch", "s"),
 }
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or v is None:
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def history_dataset(run_json: Mapping[str, Any], *, run: str | None = None) -> xr.Dataset:
@@ -79,7 +77,7 @@ def history_dataset(run_json: Mapping[str, Any], *, run: str | None = None) -> x
     data_vars = {}
     for key in keys:
         long_name, units = _META.get(key, (key.replace("_", " "), "1"))
-        data_vars[key] = ("epoch", np.array([_number(by_epoch[e].get(key)) for e in epochs]),
+        data_vars[key] = ("epoch", np.array([number(by_epoch[e].get(key)) for e in epochs]),
                           {"long_name": long_name, "units": units})
     config = run_json.get("config") or {}
     name = run or (str(config.get("out", "")).rstrip("/").split("/")[-1] if isinstance(config, Mapping) else "") or "run"
