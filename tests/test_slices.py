@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from landscape.analyses.slices import (
     loss_slice,
 )
 from landscape.config import ConfigError
+from landscape.directions import Plane, directions_from_dataset
 from landscape.objective import Objective
 
 
@@ -215,19 +215,11 @@ def test_regression_targets_have_no_accuracy_and_own_data_works():
     assert "loss" not in ds and "accuracy" in ds and ds.attrs["loss_units"] == "nats"
 
 
-@dataclass
-class _Plane:
-    d1: dict
-    d2: dict
-    points: dict
-    explained_variance: list | None = None
-    cos: float = 0.0
-
-
 def test_plane_points_and_explained_variance():
     model, x, y = _setup()
     d1, d2 = _dirs(model, 2)
-    plane = _Plane(d1, d2, {"epoch_1": (0.5, -0.25, 10), "end": (0.0, 0.0)}, [0.7, 0.2])
+    plane = Plane(d1, d2, {"epoch_1": (0.5, -0.25), "end": (0.0, 0.0)}, (0.7, 0.2), steps={"epoch_1": 10},
+                  kind="trajectory", centre="end")
     ds = loss_slice(model, (x, y), plane, grid=3, progress=False)
     assert ds.attrs["direction_kind"] == "trajectory"
     assert ds.point_label.values.tolist() == ["epoch_1", "end"] and ds.point_step.values.tolist() == [10, -1]
@@ -280,3 +272,19 @@ def test_bad_input_errors():
     with pytest.raises(ConfigError, match="part must be None"):
         LossSliceOptions(part=2, parts=2)
     assert LossSliceOptions(bn_mode="train").bn_mode == "batch"
+
+
+def test_directions_kept_and_reused_on_another_model():
+    model, x, y = _setup()
+    dirs = _dirs(model, 2)
+    ds = loss_slice(model, (x, y), dirs, grid=3, progress=False)
+    assert ds.direction_vector.dims == ("direction", "parameter")
+    assert ds.direction_vector.shape == (2, sum(p.numel() for p in model.parameters()))
+    back = directions_from_dataset(ds, model)  # (its netCDF round trip: tests/test_directions.py)
+    other = tiny_bn_cnn().double()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    again = loss_slice(other, (x, y), back, grid=3, progress=False)
+    _check_against_loop(again, other, x, y, dirs, "eval", 256)
+    assert "direction_vector" not in loss_slice(model, (x, y), dirs, grid=3, keep_directions=False, progress=False)

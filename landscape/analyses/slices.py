@@ -459,10 +459,13 @@ def loss_slice(
     ndim = len(dirs)
     axes = grid_axes(opts.grid, ndim)
     D = _flat_directions(obj, dirs, opts.params)
-    if points is None and plane is not None:
-        points = getattr(plane, "points", None)
-    kind = direction_kind or ("given" if plane is None else
-                              ("trajectory" if getattr(plane, "explained_variance", None) is not None else "plane"))
+    if points is None and plane is not None and getattr(plane, "points", None):
+        steps = getattr(plane, "steps", None) or {}
+        points = {k: (*v, steps.get(k, -1)) for k, v in plane.points.items()}
+    if direction_kind is None and plane is not None:
+        direction_kind = getattr(plane, "kind", None) or (
+            "trajectory" if getattr(plane, "explained_variance", None) is not None else "plane")
+    kind = direction_kind or "given"
 
     rows = np.array_split(np.arange(axes[0].size), opts.parts)
     if opts.part is not None and rows[opts.part].size == 0:
@@ -568,6 +571,10 @@ def loss_slice(
         "params": str(opts.params),
         "metrics": ",".join(m for m in opts.metrics if m != "accuracy" or has_acc),
     })
+    if opts.keep_directions:
+        from landscape.directions import directions_to_dataset
+
+        ds = directions_to_dataset(ds, dirs)
     return stamp(ds, "slice", opts, obj)
 
 
