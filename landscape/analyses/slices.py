@@ -441,9 +441,11 @@ def loss_slice(
         ``direction_kind``, ``normalization``, ``one_d``, ``part``, ``parts`` and the common stamp.
 
     Raises:
-        SliceError: a grid without points, directions whose names or shapes do not fit the model
-            (the message names the parameter and both shapes).
-        ConfigError: an unknown ``bn_mode`` / metric or another bad option (listing what is accepted).
+        ConfigError: a grid without points, an unknown ``bn_mode`` / metric or another bad option
+            (the message lists what is accepted).
+        SliceError: directions whose names or shapes do not fit the model (the message names the
+            parameter and both shapes), a grid with per-axis specs for the wrong number of axes,
+            an empty part.
 
     Example:
         >>> import torch
@@ -459,11 +461,11 @@ def loss_slice(
     values = dict(locals())
     values["metrics"] = tuple(metrics) if not isinstance(metrics, str) else (metrics,)
     opts, objects = make_options(LossSliceOptions, values)
-    obj = Objective.from_options(model, data, opts, **objects)
     plane = directions if _is_plane(directions) else None
     dirs = _direction_list(directions)
     ndim = len(dirs)
-    axes = grid_axes(opts.grid, ndim)
+    axes = grid_axes(opts.grid, ndim)  # bad grids and directions are refused before the data are staged
+    obj = Objective.from_options(model, data, opts, **objects)
     D = _flat_directions(obj, dirs, opts.params)
     if points is None and plane is not None and getattr(plane, "points", None):
         steps = getattr(plane, "steps", None) or {}
