@@ -559,3 +559,17 @@ def test_new_sources_leave_the_model_as_it_was():
     D.eigenvector_directions(model, torch.eye(D.to_flat(D.random_direction(model), model).numel())[:2])
     D.trajectory_pca([model, bn_net(1), bn_net(2), bn_net(3)], centre=0)
     assert_unchanged(model, snap)
+
+
+def test_readme_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("### Loss-landscape directions (`landscape.directions`)", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)  # noqa: S102
+    traj, again = env["traj"], env["again"]
+    assert traj.kind == "trajectory" and len(again) == 2
+    assert all(torch.equal(again[0][k], traj.d1[k]) for k in traj.d1)
+    assert abs(D.cosine(env["d1"], env["d2"])) < 1e-6
