@@ -215,6 +215,14 @@ def _module_of(x: Any) -> nn.Module | None:
     return model if isinstance(model, nn.Module) else None
 
 
+def _step_of(x: Any) -> int | None:
+    """The training step of a Checkpoint (``None`` for models and state dicts)."""
+    if isinstance(x, (nn.Module, Mapping)):
+        return None
+    step = getattr(x, "step", None)
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def check_direction(direction: Mapping[str, Tensor], model: nn.Module, *, what: str = "direction") -> dict[str, nn.Parameter]:
     """Check that every tensor of ``direction`` names a parameter of ``model`` with its shape.
 
@@ -646,7 +654,8 @@ def plane(
         model: the architecture when all three are state dicts (see :func:`checkpoint_direction`).
 
     Returns:
-        A :class:`Plane` (``kind="plane"``, ``centre=labels[0]``).
+        A :class:`Plane` (``kind="plane"``, ``centre=labels[0]``, ``steps`` from Checkpoints'
+        ``.step``, else -1).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -672,8 +681,9 @@ def plane(
     if orthogonalize:
         t = dot(d2, d1) / n11
         d1, d2 = _gram_schmidt(d1, d2)
+    steps = {label: -1 if _step_of(x) is None else _step_of(x) for label, x in ((la, a), (lb, b), (lc, c))}
     return Plane(d1=d1, d2=d2, points={la: (0.0, 0.0), lb: (1.0, 0.0), lc: (t, 1.0)}, cos=cosine(d1, d2),
-                 kind="plane", centre=la)
+                 steps=steps, kind="plane", centre=la)
 
 
 # ------------------------------------------------------------- momentum, gradient, Hessian
@@ -867,13 +877,6 @@ def eigenvector_directions(
 
 
 # --------------------------------------------------------------------------- trajectory
-def _step_of(x: Any) -> int | None:
-    if isinstance(x, (nn.Module, Mapping)):
-        return None
-    step = getattr(x, "step", None)
-    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
-
-
 @torch.no_grad()
 def trajectory_pca(
     states: Sequence[Any],
@@ -957,30 +960,49 @@ def trajectory_pca(
     rows = [i for i in range(n) if i != c]
     total = sum(math.prod(s) for s in shapes.values())
 
-    def block(name: str) -> Tensor:
-        """Rows theta_i - theta_c of one tensor, float64, on the CPU: (n - 1, numel)."""
-        ctr = tensors[c][name].detach().reshape(-1).double().cpu()
-        return torch.stack([tensors[i][name].detach().reshape(-1).double().cpu() - ctr for i in rows])
-
+    dev = tensors[c][names[0]].device
     m_rows = len(rows)
-    centring = torch.eye(m_rows, dtype=torch.float64) - (1.0 / m_rows if demean else 0.0)
+
+    def block(name: str, out: Tensor | None = None) -> Tensor:
+        """Rows theta_i - theta_c of one tensor in float64, on the centre's device: (n - 1, numel),
+        written into ``out`` when given; one fused subtract-and-cast pass per row."""
+        ctr = tensors[c][name].detach().reshape(-1).to(device=dev, dtype=torch.float64)
+        if out is None:
+            out = torch.empty(m_rows, ctr.numel(), dtype=torch.float64, device=dev)
+        for r, i in enumerate(rows):
+            torch.sub(tensors[i][name].detach().reshape(-1).to(dev), ctr, out=out[r])
+        return out
+
+    centring = torch.eye(m_rows, dtype=torch.float64, device=dev) - (1.0 / m_rows if demean else 0.0)
     if m_rows * total <= _SVD_MAX_ENTRIES:
-        mat = torch.cat([block(name) for name in names], dim=1)
-        _, sv, vh = torch.linalg.svd(centring @ mat, full_matrices=False)
+        mat = torch.empty(m_rows, total, dtype=torch.float64, device=dev)
+        off = 0
+        for name in names:
+            k = math.prod(shapes[name])
+            block(name, mat[:, off:off + k])
+            off += k
+        _, sv, vh = torch.linalg.svd(centring @ mat if demean else mat, full_matrices=False)
         energy = sv.pow(2)
         vecs = vh[:2]
         coords = mat @ vecs.T  # (n - 1, 2)
     else:
-        gram = torch.zeros(m_rows, m_rows, dtype=torch.float64)
+        gram = torch.zeros(m_rows, m_rows, dtype=torch.float64, device=dev)
+        buf = torch.empty(m_rows * max(math.prod(sh) for sh in shapes.values()), dtype=torch.float64, device=dev)
         for name in names:
-            b = block(name)
+            b = block(name, buf[: m_rows * math.prod(shapes[name])].view(m_rows, -1))
             gram += b @ b.T
         lam, u = torch.linalg.eigh(centring @ gram @ centring)
         lam, u = lam.flip(0).clamp_min(0), u.flip(1)
         energy = lam
         w = centring @ u[:, :2] / lam[:2].clamp_min(1e-300).sqrt()
         coords = gram @ w
-        vecs = torch.cat([block(name).T @ w for name in names], dim=0).T  # (2, P), one tensor at a time
+        vecs = torch.empty(2, total, dtype=torch.float64, device=dev)  # v = M^T w, one tensor at a time
+        off = 0
+        for name in names:
+            k = math.prod(shapes[name])
+            b = block(name, buf[: m_rows * k].view(m_rows, -1))
+            vecs[:, off:off + k] = w.T @ b
+            off += k
     if energy.numel() < 2 or not float(energy[1]) > 1e-24 * float(energy[0]):
         raise DirectionError(
             "trajectory_pca: the checkpoints' displacements from the centre span fewer than two directions, so "

@@ -266,6 +266,7 @@ def test_plane_passes_through_all_three_checkpoints(ortho):
     a, b, c = three_models()
     p = D.plane(a, b, c, orthogonalize=ortho, labels=("A", "B", "C"))
     assert p.centre == "A" and p.kind == "plane" and p.explained_variance is None
+    assert p.steps == {"A": -1, "B": -1, "C": -1}
     assert p.points["A"] == (0.0, 0.0) and p.points["B"] == (1.0, 0.0)
     for label, m in (("A", a), ("B", b), ("C", c)):
         al, be = p.points[label]
@@ -535,6 +536,7 @@ def test_trajectory_pca_centre_labels_checkpoints_and_errors():
     p = D.trajectory_pca(models, centre=0, params="weights")
     assert p.centre == "0" and list(p.d1) == ["0.weight", "4.weight"]
     assert p.steps == {"0": 0, "100": 100, "200": 200, "300": 300, "400": 400}
+    assert D.plane(*models[:3]).steps == {"a": 0, "b": 100, "c": 200}  # Checkpoints' steps
     q = D.trajectory_pca(models, labels=list("abcde"))
     assert list(q.points) == list("abcde") and q.centre == "e"
     with pytest.raises(D.DirectionError, match="at least 3"):
