@@ -42,7 +42,9 @@ layer/model rule; under ``normalization="none"`` they are kept as they are). Wit
 ``one_d="filter"`` the whole direction therefore has the norm of the whole group.
 
 Tied weights (one parameter shared by several modules) appear once in ``named_parameters()``, so
-once in a direction; their filters are those of the first module that owns them.
+once in a direction; their filters are those of the first module that owns them. Directions move
+parameters only: BatchNorm running statistics are buffers, left to the slice's ``bn_mode`` (the
+reference code's "states" directions perturb them too).
 
 Example:
     >>> import torch.nn as nn
