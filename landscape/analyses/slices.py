@@ -67,7 +67,6 @@ from torch.nn.modules.batchnorm import _NormBase
 from landscape.analyses.common import make_options, stamp
 from landscape.config import ConfigError, check
 from landscape.objective import Objective, ObjectiveOptions
-from landscape.params import select
 from landscape.progress import Progress
 
 __all__ = [
@@ -721,23 +720,16 @@ def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, 
     gen = torch.Generator().manual_seed(int(opts.seed))
     if opts.kind == "random":
         dirs = [random(gen) for _ in range(opts.ndim)]
-    elif opts.kind in ("momentum", "gradient"):
-        obj = None
-        if opts.kind == "momentum":
-            buffers = momentum() if callable(momentum) else momentum
-            if not buffers:
-                raise SliceError("kind='momentum' needs the optimizer's momentum buffers (Checkpoint.momentum()); "
-                                 "none were given")
-            names = [n for n in select(model, opts.params) if n in buffers]
-            if not names:
-                raise SliceError(f"kind='momentum': the momentum buffers cover no parameter of group {opts.params!r}")
-            raw = {n: buffers[n] for n in names}
-        else:
-            obj = Objective.from_options(model, data, opts, **objects)
-            raw = dr.from_flat(obj.grad(), model, params=opts.params)
-        dirs = [dr.normalize(raw, model, **norm)]
-        if opts.ndim == 2:
-            dirs.append(random(gen))
+    elif opts.kind == "momentum":
+        buffers = momentum() if callable(momentum) else momentum
+        if not buffers:
+            raise SliceError("kind='momentum' needs the optimizer's momentum buffers (Checkpoint.momentum()); "
+                             "none were given")
+        dirs = [dr.momentum_direction(buffers, model, params=opts.params, **norm)]
+    elif opts.kind == "gradient":
+        kwargs = {k: v for k, v in opts.objective_kwargs().items() if k != "params"}
+        kwargs.update(objects)
+        dirs = [dr.gradient_direction(model, data, params=opts.params, **norm, **kwargs)]
     else:
         from landscape.analyses.lanczos import lanczos
 
@@ -747,8 +739,10 @@ def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, 
                              f"parameters; {opts.params!r} has {obj.numel}")
         eig = lanczos(obj.hvp_operator(method="auto"), obj.numel, k=opts.ndim, tol=opts.eigen_tol, seed=gen,
                       eigenvectors=True, device=obj.device)
-        dirs = [dr.normalize(dr.from_flat(v.to(obj.theta0.dtype), model, params=opts.params), model, **norm)
-                for v in eig.eigenvectors]
+        vectors = dr.eigenvector_directions(model, eig.eigenvectors, k=opts.ndim, params=opts.params)
+        dirs = [dr.normalize(v, model, **norm) for v in vectors]
+    if opts.kind in ("momentum", "gradient") and opts.ndim == 2:
+        dirs.append(random(gen))
     if opts.orthogonalize and len(dirs) == 2:
         dirs = list(dr.orthogonalize(dirs[0], dirs[1]))
     return dirs
