@@ -310,12 +310,10 @@ def _stat_modules(model: nn.Module) -> list[tuple[str, _NormBase]]:
 
 
 @contextlib.contextmanager
-def _cumulative(mods: list[tuple[str, _NormBase]]) -> Iterator[None]:
-    """``momentum=None`` (cumulative averaging) for the block; the modules' own values restored."""
+def _momenta_restored(mods: list[tuple[str, _NormBase]]) -> Iterator[None]:
+    """The modules' ``momentum`` values are put back after the block (also on errors)."""
     saved = [m.momentum for _, m in mods]
     try:
-        for _, m in mods:
-            m.momentum = None
         yield
     finally:
         for (_, m), mom in zip(mods, saved):
@@ -332,8 +330,12 @@ def _recomputed(obj: Objective, theta: Tensor, mods: list[tuple[str, _NormBase]]
         bufs[p + "running_var"].fill_(1.0)
         if p + "num_batches_tracked" in bufs:
             bufs[p + "num_batches_tracked"].zero_()
-    with _cumulative(mods):
+    with _momenta_restored(mods):
         for i in range(batches):
+            # momentum 1/(i+1) at batch i is exact cumulative averaging (what momentum=None does,
+            # without reading num_batches_tracked back from the device at every batch)
+            for _, m in mods:
+                m.momentum = 1.0 / (i + 1)
             obj.forward(theta, i, buffers=bufs, bn_train=True)
             obj.calls["logits"] += 1  # forward-only passes, counted like Objective.logits
     return bufs
