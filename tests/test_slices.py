@@ -401,3 +401,15 @@ def test_momentum_kind_without_optimizer_state_fails_only_that_kind(tmp_path):
     s = landscape.analyze(ckpts, "slice", options={"slice": {"kind": "random", "grid": 3}}, out=tmp_path / "r",
                           progress=False)
     assert s.counts()["done"] == 2
+
+
+def test_float32_model_evaluated_in_float64_copies():
+    model, x, y = _setup()
+    dirs = _dirs(model, 1)
+    f32 = copy.deepcopy(model).float()
+    ds = loss_slice(f32, (x.float(), y), {n: d.float() for n, d in dirs[0].items()}, grid=3, bn_mode="recompute",
+                    batch_size=8, dtype="float64", progress=False)
+    ref = loss_slice(copy.deepcopy(f32).double(), (x.float().double(), y), {n: d.float().double() for n, d in dirs[0].items()}, grid=3,
+                     bn_mode="recompute", batch_size=8, progress=False)
+    np.testing.assert_allclose(ds.loss.values, ref.loss.values, rtol=1e-12)
+    assert ds.attrs["num_parameters"] == sum(p.numel() for p in model.parameters())
