@@ -394,6 +394,10 @@ register_analysis(
     needs_data=False,
     description="per-layer statistics and histograms of normalization gamma/beta",
 )
+register_analysis(
+    "robustness", "landscape.analyses.robustness:robustness", "landscape.analyses.robustness:RobustnessOptions",
+    description="clean and robust accuracy per radius under AutoAttack's attacks (SAM-ON Table 4, B.4)",
+)
 
 __all__ = [
     "Analysis",
