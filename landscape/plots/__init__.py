@@ -19,6 +19,7 @@ from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms, rebin
+from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.training import combine_histories, history_dataset, training_curves
 
@@ -29,6 +30,7 @@ __all__ = [
     "history_dataset",
     "norm_param_histograms",
     "rebin",
+    "robust_accuracy_vs_eps",
     "run_colors",
     "save",
     "sharpness_vs_rho",
