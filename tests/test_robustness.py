@@ -376,3 +376,28 @@ def test_third_party_resnet18_loads_and_is_analysed():
     assert float(res.clean_accuracy) == 1.0 and res.attrs["num_classes"] == 10
     assert 0 <= float(res.robust_accuracy.sel(eps=8 / 255)) <= 1.0
     assert json.loads(res.attrs["autoattack_checks"]) == []
+
+
+@pytest.mark.slow
+def test_standard_autoattack_agrees_with_pyautoattack_run_directly():
+    """attack="autoattack" is AutoAttack's standard version (apgd-ce, apgd-t, fab-t, square)."""
+    model = img_model()
+    x, y = img_data(model)
+    ours = robustness(model, (x[:8], y[:8]), attack="autoattack", eps=[2 / 255], n=8, batch_size=8)
+    aa = pyaa.AutoAttack(copy.deepcopy(model).eval(), device="cpu", eps=2 / 255, norm="Linf", seed=0, version="standard")
+    _, y_adv = aa.run_standard_evaluation(x[:8], y[:8], batch_size=8)
+    np.testing.assert_array_equal(ours.robust_correct.values[0], (y_adv == y[:8]).numpy())
+    assert json.loads(ours.attrs["attacks_run"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert float(ours.robust_accuracy[0]) > 0  # examples were left for fab-t and square
+
+
+def test_readme_example_runs_as_written():
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("### Adversarial robustness (`landscape.robustness`)"):]
+    block = section[section.index("```python\n# robust.py") + len("```python\n"):]
+    block = block[: block.index("```")]
+    scope: dict = {}
+    exec(compile(block, "README.md:robust.py", "exec"), scope)  # noqa: S102 - our own README
+    res = scope["res"]
+    assert res.robust_accuracy.sizes == {"eps": 4} and scope["survived"].sizes == {"example": 64}
+    assert float(res.robust_accuracy.sel(eps=0)) == float(res.clean_accuracy)

@@ -92,7 +92,8 @@ def robust_accuracy_vs_eps(
                     markeredgecolor=colors[run], zorder=3)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(bottom=0)
+        top = max((float(np.nanmax(line.get_ydata())) for line in ax.get_lines()), default=100.0)
+        ax.set_ylim(0, min(104.0, 1.08 * top + 1.0))  # room for the clean-accuracy marker on top
         attack = ds.attrs.get("attack")
         n = ds.sizes.get("example")
         what = ", ".join(t for t in (str(attack) if attack else "", f"n = {n}" if n else "") if t)
