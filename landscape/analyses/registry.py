@@ -394,6 +394,11 @@ register_analysis(
     needs_data=False,
     description="per-layer statistics and histograms of normalization gamma/beta",
 )
+register_analysis(
+    "feature_rank", "landscape.analyses.feature_rank:feature_rank",
+    "landscape.analyses.feature_rank:FeatureRankOptions",
+    description="singular values and rank of layer features (Andriushchenko et al. 2023; SAM-ON Table 6)",
+)
 
 __all__ = [
     "Analysis",
