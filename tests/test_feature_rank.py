@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -359,26 +360,95 @@ def test_bad_inputs_are_clear_errors():
 # ---------------------------------------------------------------- batch runs and the API
 
 
-def test_through_landscape_analyze_on_a_checkpoint_folder(tmp_path):
-    data = {"dataset": "synthetic", "dataset_kwargs": {"num_samples": 24, "input_shape": [4], "num_classes": 3, "seed": 1}}
+DATA = {"dataset": "synthetic", "dataset_kwargs": {"num_samples": 24, "input_shape": [4], "num_classes": 3, "seed": 1}}
+OPTIONS = {"feature_rank": {"n": 24, "layers": ["B1", "penultimate"], "batch_size": 10}}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """Two runs x two checkpoints of a small BatchNorm MLP, analysed by ``landscape.analyze``."""
+    root = tmp_path_factory.mktemp("featrank")
     for run in ("sgd", "sam"):
         for step in (10, 20):
             torch.manual_seed(step + len(run))
             m = build_model("mlp", input_shape=(4,), num_classes=3, width=6, depth=2, norm="batch")
-            save_checkpoint(tmp_path / "ck" / run / f"epoch_{step:04d}.pt", m, step=step, epoch=step // 10,
-                            metrics={}, config=data)
-    options = {"feature_rank": {"n": 24, "layers": ["B1", "penultimate"], "batch_size": 10}}
-    summary = landscape.analyze(tmp_path / "ck", "feature_rank", options=options, out=tmp_path / "res",
-                                progress=False)
+            save_checkpoint(root / "ck" / run / f"epoch_{step:04d}.pt", m, step=step, epoch=step // 10,
+                            metrics={}, config=DATA)
+    summary = landscape.analyze(root / "ck", "feature_rank", options=OPTIONS, out=root / "res", progress=False)
     assert summary.ok and len(summary.done) == 4
-    ds = results.open_results(tmp_path / "res", "feature_rank")
-    assert ds["rank"].dims == ("run", "step", "layer") and set(ds.layer.values) == {"B1", "penultimate"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ds = results.open_results(root / "res", "feature_rank")
+    return {"root": root, "ds": ds}
+
+
+def test_through_landscape_analyze_on_a_checkpoint_folder(analysed):
+    ds, root = analysed["ds"], analysed["root"]
+    assert ds["rank"].dims == ("run", "step", "layer") and ds.layer.values.tolist() == ["B1", "penultimate"]
     assert sorted(ds.run.values.tolist()) == ["sam", "sgd"] and ds.step.values.tolist() == [10, 20]
-    ck = landscape.load_checkpoint(tmp_path / "ck" / "sam" / "epoch_0020.pt")
-    direct = feature_rank(ck.model, landscape.get_dataset("synthetic", **data["dataset_kwargs"]), **options["feature_rank"])
+    ck = landscape.load_checkpoint(root / "ck" / "sam" / "epoch_0020.pt")
+    direct = feature_rank(ck.model, landscape.get_dataset("synthetic", **DATA["dataset_kwargs"]), **OPTIONS["feature_rank"])
     got = ds.sel(run="sam", step=20)
     np.testing.assert_array_equal(got["rank"].values, direct["rank"].values)
     np.testing.assert_array_equal(got.singular_values.values, direct.singular_values.values)
     assert got.singular_values.attrs["units"] == "1" and "long_name" in got.explained_variance_ratio.attrs
     assert get_analysis("feature_rank").options({"n": 24}).required_samples() == 24
     assert landscape.feature_rank is feature_rank and landscape.FeatureRankOptions is FeatureRankOptions
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_rank_bars_draw_the_stored_ranks(analysed):
+    from landscape import plots
+
+    ds = analysed["ds"]
+    fig = plots.feature_rank_bars(ds)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "feature rank" and ax.get_xlabel() == "layer"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["B1", "penultimate"]
+    assert "sample-centred" in ax.get_title() and "n = 24" in ax.get_title() and "step 20" in ax.get_title()
+    for container, run in zip(ax.containers, ds.run.values):
+        heights = [b.get_height() for b in container]
+        assert heights == ds["rank"].sel(run=run, step=20).values.astype(float).tolist()
+        assert container.get_label() == run
+    fig = plots.feature_rank_bars(ds, step=10, layers=["penultimate"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["penultimate"]
+    with pytest.raises(plots.PlotError, match=r"layer\(s\) \['B9'\] are not in the feature_rank result"):
+        plots.feature_rank_bars(ds, layers=["B9"])
+    with pytest.raises(plots.PlotError, match="needs a 'feature_rank' result"):
+        plots.feature_rank_bars(xr.Dataset(attrs={"analysis": "hessian"}))
+    # a direct result with a capped layer: hatched bars and a legend entry
+    with pytest.warns(RankCappedWarning):
+        direct = feature_rank(head(32), (torch.randn(16, 32), labels(16)), n=16)
+    ax = plots.feature_rank_bars(direct).axes[0]
+    assert ax.containers[0][0].get_hatch() == "///"
+    assert "capped by n\n(n <= d)" in [t.get_text() for t in ax.figure.legends[0].get_texts()]
+
+
+def test_rank_over_steps_one_panel_per_layer(analysed):
+    from landscape import plots
+
+    ds = analysed["ds"]
+    fig = plots.feature_rank_vs_step(ds)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == ["B1", "penultimate"]
+    for ax, layer in zip(axes, ["B1", "penultimate"]):
+        assert ax.get_xlabel() and ax.get_ylabel() in ("feature rank", "")
+        lines = [ln for ln in ax.get_lines() if ln.get_label() in ds.run.values]
+        for line in lines:
+            np.testing.assert_array_equal(line.get_xdata(), [10, 20])
+            np.testing.assert_array_equal(line.get_ydata(), ds["rank"].sel(run=line.get_label(), layer=layer).values)
+        assert len(lines) == 2
+    assert axes[0].get_ylabel() == "feature rank"
+
+
+def test_landscape_plot_draws_the_feature_rank_figures(analysed, tmp_path):
+    from landscape.plots.cli import plot_results
+
+    written, failures = plot_results(analysed["root"] / "res", tmp_path / "fig", analyses="feature_rank")
+    assert not failures
+    assert sorted(p.name for p in written) == ["feature_rank_layers.pdf", "feature_rank_layers.png",
+                                               "feature_rank_step.pdf", "feature_rank_step.png"]
+    assert (tmp_path / "fig" / "feature_rank_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fig" / "feature_rank_step.pdf").read_bytes()[:5] == b"%PDF-"

@@ -516,7 +516,7 @@ def _dataset(targets, grams, opts: FeatureRankOptions, total: int, num_batches: 
             "n_samples": ((), total, {"long_name": "examples in the feature matrix", **one}),
         },
         coords={
-            "layer": ("layer", names, {"long_name": "layer (as requested)", **one}),
+            "layer": ("layer", names, {"long_name": "layer", **one}),
             "component": ("component", np.arange(width), {"long_name": "principal component (0 = largest)", **one}),
             "module": ("layer", [targets[k][0] for k in names], {"long_name": "hooked module name", **one}),
             "hook": ("layer", [targets[k][1] for k in names], {"long_name": "module input or output", **one}),
