@@ -452,3 +452,18 @@ def test_landscape_plot_draws_the_feature_rank_figures(analysed, tmp_path):
                                                "feature_rank_step.pdf", "feature_rank_step.png"]
     assert (tmp_path / "fig" / "feature_rank_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "fig" / "feature_rank_step.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_readme_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("### Feature rank (`landscape.feature_rank`)"):]
+    section = section[: section.index("\n## ")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # n > d in the example: nothing capped
+        exec(compile(code, "README.md (Feature rank)", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "body" in out and "penultimate" in out and "[512   8]" in out

@@ -72,7 +72,7 @@ __all__ = ["PENULTIMATE", "FeatureRankOptions", "RankCappedWarning", "feature_ra
 # The default layer: the input of the last nn.Linear (the reference's block 5, after pooling).
 PENULTIMATE = "penultimate"
 # Rows of the kept features multiplied at a time against a new batch (d > n side).
-_CHUNK = 2048
+_CHUNK = 1024
 # At most this many module names in an error message (the rest are counted).
 _MAX_LISTED = 80
 
@@ -252,11 +252,12 @@ class _Gram:
         self.gram: Tensor | None = None
 
     def _centre(self, x: Tensor) -> Tensor:
-        x = x.to(torch.float64)
+        # One float64 temporary per block, centred in place (never the stored features).
+        x = x.to(torch.float64, copy=True)
         if self.centering == "sample":
-            return x - x.mean(dim=1, keepdim=True)
-        if self.centering == "feature":
-            return x - self.shift
+            x -= x.mean(dim=1, keepdim=True)
+        elif self.centering == "feature":
+            x -= self.shift
         return x
 
     def add(self, x: Tensor, where: str) -> None:
