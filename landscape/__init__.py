@@ -68,6 +68,8 @@ _API: dict[str, str] = {
     "MomentumOptions": "landscape.analyses.momentum",
     "norm_params": "landscape.analyses.norm_params",
     "NormParamsOptions": "landscape.analyses.norm_params",
+    "feature_rank": "landscape.analyses.feature_rank",
+    "FeatureRankOptions": "landscape.analyses.feature_rank",
     "robustness": "landscape.analyses.robustness",
     "RobustnessOptions": "landscape.analyses.robustness",
     "hutchpp": "landscape.analyses.trace",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
+from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.robustness import robust_accuracy_vs_eps
@@ -27,6 +28,8 @@ __all__ = [
     "PlotError",
     "combine_histories",
     "diagnostics_dataset",
+    "feature_rank_bars",
+    "feature_rank_vs_step",
     "history_dataset",
     "norm_param_histograms",
     "rebin",
