@@ -360,7 +360,10 @@ MODEL_TEST = Path(pyaa.__file__).parent / "examples" / "model_test.pt"
 
 def test_third_party_resnet18_loads_and_is_analysed():
     """A CUDA-saved bare state_dict (legacy, non-zip torch format) through the foreign-checkpoint
-    path into the zoo's resnet18_cifar; norm_params and a short apgd-ce run on synthetic images."""
+    path into the zoo's resnet18_cifar; norm_params, feature_rank and a short apgd-ce run on
+    synthetic CIFAR-shaped images in [0, 1]."""
+    from landscape.analyses.feature_rank import RankCappedWarning
+
     if not MODEL_TEST.is_file():
         pytest.skip(f"{MODEL_TEST} is not part of this pyautoattack installation")
     ckpt = landscape.load_checkpoint(MODEL_TEST, model="resnet18_cifar")
@@ -368,6 +371,13 @@ def test_third_party_resnet18_loads_and_is_analysed():
     assert all(t.device.type == "cpu" for t in ckpt.model.state_dict().values())
     norms = landscape.norm_params(ckpt.model)
     assert norms.sizes["layer"] == 20
+    g = torch.Generator().manual_seed(1)
+    feats = TensorDataset(torch.rand(16, 3, 32, 32, generator=g), torch.zeros(16, dtype=torch.long))
+    with pytest.warns(RankCappedWarning, match="capped by n"):  # 16 examples <= 512 features
+        ranks = landscape.feature_rank(ckpt.model, feats, n=16, layers=["B4", "penultimate"], batch_size=16)
+    assert ranks.feature_dim.values.tolist() == [512 * 4 * 4, 512]
+    assert ranks.capped_by_n.values.tolist() == [1, 1]
+    assert all(1 <= int(r) <= 17 for r in ranks["rank"].values)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 32, 32, generator=g)
     with torch.no_grad():
