@@ -331,6 +331,8 @@ def test_analyze_a_checkpoint_folder_and_draw_the_figure(tmp_path):
     summary = landscape.analyze(tmp_path / "ckpts", "robustness", data=make_data, options=opts,
                                 out=tmp_path / "res", progress=False)
     assert summary.counts() == {"done": 3, "skipped": 0, "failed": 0}, summary.failed
+    with pytest.raises(ConfigError, match=r"robustness needs 1000 examples.*--set robustness\.n=16\)"):
+        landscape.analyze(tmp_path / "ckpts", "robustness", data=make_data, out=tmp_path / "res2", progress=False)
     ds = open_results(tmp_path / "res", "robustness")
     assert dict(ds.robust_correct.sizes) == {"run": 2, "step": 2, "eps": 3, "example": 16}
     direct_res = robustness(landscape.load_checkpoint(tmp_path / "ckpts" / "sam" / "epoch_2.pt").model,
