@@ -57,11 +57,12 @@ Example:
     <torch._C.Generator object at ...>
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     >>> x, y = torch.rand(16, 3, 2, 2), torch.randint(0, 5, (16,))
-    >>> res = robustness(model, (x, y), eps=[0, 0.05], n=16, steps=5)
+    >>> res = robustness(model, (x, y), eps=[0], n=16)  # eps = 0: the clean accuracy, no attack run
     >>> float(res.robust_accuracy.sel(eps=0)) == float(res.clean_accuracy)
     True
     >>> res.robust_correct.dims
     ('eps', 'example')
+    >>> res = robustness(model, (x, y), eps=[0, 2 / 255, 8 / 255], n=16, steps=5)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -466,7 +467,7 @@ def robustness(
     """
     opts, objects = make_options(RobustnessOptions, locals())
     radii = opts.radii()
-    pyaa = _pyautoattack() if any(e > 0 for e in radii) else None
+    attacking = any(e > 0 for e in radii)
     batch_fn = _callable(objects.get("batch_fn", opts.batch_fn), "batch_fn")
     output_fn = _callable(objects.get("output_fn", opts.output_fn), "output_fn")
 
@@ -522,9 +523,10 @@ def robustness(
         pred = torch.cat([z.argmax(1) for z in logits])
         if int(y.min()) < 0 or int(y.max()) >= classes:
             raise ValueError(f"robustness: labels range over {int(y.min())}..{int(y.max())} but the model has {classes} outputs")
-        if "apgd-t" in ATTACKS[opts.attack] and classes < 4 and pyaa is not None:
+        if "apgd-t" in ATTACKS[opts.attack] and classes < 4 and attacking:
             raise ValueError(f"attack={opts.attack!r} runs apgd-t, whose targeted DLR loss needs at least 4 classes; the "
                              f"model has {classes}; use attack='apgd-ce'")
+        pyaa = _pyautoattack() if attacking else None  # after the checks: they need no package
         clean = pred == y
         robust, reached = [], []
         for e in radii:
