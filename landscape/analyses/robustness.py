@@ -33,9 +33,10 @@ rest is clipped into [0, 1]. The round trip is exact to float32 rounding (not bi
 ``(x * std + mean - mean) / std`` differs from ``x`` by about one unit in the last place).
 
 **How the model is called.** Eval mode for every module (restored afterwards), parameters and
-buffers passed by ``torch.func.functional_call`` as detached tensors: the attack's backward
-computes input gradients only (no weight gradients: cheaper), and the model's parameters,
-buffers, ``requires_grad`` flags and ``.grad`` are never touched. APGD attacks see each example
+buffers passed by ``torch.func.functional_call`` as detached tensors (copies only for
+``dtype``): the model's parameters, buffers, ``requires_grad`` flags and ``.grad`` are never
+touched, and the per-example decisions equal pyautoattack's on the model itself bit for bit
+(measured: same time per step; autograd skips weight gradients either way). APGD attacks see each example
 as a flat vector (reshaped for the model), so inputs of any shape work (pyautoattack alone turns
 3-D inputs ``(N, C, L)`` into 4-D ones).
 
@@ -282,7 +283,7 @@ class _Attacked:
 
     Standardizes (``(x01 - mean) / std``, in the inputs' float dtype, as the data modules do),
     casts to the model's dtype, and calls the model with detached parameters and buffers through
-    ``functional_call`` (no weight gradients; the model object is never changed).
+    ``functional_call`` (the model object is never changed).
     """
 
     def __init__(self, model: nn.Module, shape: tuple[int, ...], mean: Tensor | None, std: Tensor | None,
