@@ -176,6 +176,9 @@ def test_three_d_inputs_and_float64_models_work():
     x, y = torch.rand(12, 2, 6), torch.randint(0, 4, (12,))
     res = robustness(model, (x, y), eps=[0.1], n=12, steps=3, attack="autoattack-cheap")
     assert 0 <= float(res.robust_accuracy[0]) <= float(res.clean_accuracy)
+    aa = pyaa.AutoAttack(copy.deepcopy(model).float().eval(), attacks=["apgd-ce"], eps=0.1, seed=0, version="custom")
+    with pytest.raises(RuntimeError, match=r"conv1d, but got input of size: \[1, 3, 2, 6\]"):
+        aa.run_standard_evaluation(x, y, batch_size=12)  # pyautoattack alone: 3-D batches made 4-D
     res32 = robustness(model.float(), (x, y), eps=[0.1], n=12, steps=3, dtype="float64")
     assert res32.attrs["calls_grad"] > 0
 
