@@ -737,7 +737,7 @@ def _check_data_source(data_opts: registry.DataOptions, names: list[str], paths:
         raise ConfigError(
             f"options conflict: {name} needs {need} examples but data set {data_opts.dataset!r} "
             f"(split {data_opts.split!r}) holds {size}; lower {name}'s sample count (e.g. "
-            f"--set {name}.{'n' if name == 'sharpness' else 'max_samples'}={size}) or give more data"
+            f"--set {name}.{'n' if hasattr(resolved[name], 'n') else 'max_samples'}={size}) or give more data"
         )
 
 

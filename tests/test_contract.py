@@ -77,8 +77,9 @@ def test_registry_signatures_and_options_agree():
         fields = {f.name: f.default for f in dataclasses.fields(a.options_cls)}
         assert kw == fields, name
         opts = a.options_cls()
-        # every options class answers it: sharpness needs n examples, the others max_samples (None)
-        assert opts.required_samples() == (1024 if name == "sharpness" else None), name
+        # every options class answers it: sharpness, feature_rank and robustness need n examples,
+        # the others max_samples (None)
+        assert opts.required_samples() == {"sharpness": 1024, "feature_rank": 10240, "robustness": 1000}.get(name), name
         if a.needs_data:
             assert issubclass(a.options_cls, ObjectiveOptions), name
             shared = {f.name for f in dataclasses.fields(ObjectiveOptions)}

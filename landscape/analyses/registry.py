@@ -400,6 +400,15 @@ register_analysis(
     needs_data=False,
     description="per-layer statistics and histograms of normalization gamma/beta",
 )
+register_analysis(
+    "feature_rank", "landscape.analyses.feature_rank:feature_rank",
+    "landscape.analyses.feature_rank:FeatureRankOptions",
+    description="singular values and rank of layer features (Andriushchenko et al. 2023; SAM-ON Table 6)",
+)
+register_analysis(
+    "robustness", "landscape.analyses.robustness:robustness", "landscape.analyses.robustness:RobustnessOptions",
+    description="clean and robust accuracy per radius under AutoAttack's attacks (SAM-ON Table 4, B.4)",
+)
 
 __all__ = [
     "Analysis",

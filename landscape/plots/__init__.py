@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
+from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms, rebin
+from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.training import combine_histories, history_dataset, training_curves
 
@@ -26,9 +28,12 @@ __all__ = [
     "PlotError",
     "combine_histories",
     "diagnostics_dataset",
+    "feature_rank_bars",
+    "feature_rank_vs_step",
     "history_dataset",
     "norm_param_histograms",
     "rebin",
+    "robust_accuracy_vs_eps",
     "run_colors",
     "save",
     "sharpness_vs_rho",

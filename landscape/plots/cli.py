@@ -24,8 +24,10 @@ import xarray as xr
 from landscape.config import did_you_mean
 from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
+from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms
+from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.training import history_dataset, training_curves
 
@@ -59,6 +61,13 @@ FIGURES: dict[str, tuple[FigureSpec, ...]] = {
     ),
     "norm_params": (
         FigureSpec("norm_params_hist", norm_param_histograms, ("histogram", "bin_edges"), at_step=True),
+    ),
+    "feature_rank": (
+        FigureSpec("feature_rank_layers", feature_rank_bars, ("rank",), at_step=True),
+        FigureSpec("feature_rank_step", feature_rank_vs_step, ("rank",)),
+    ),
+    "robustness": (
+        FigureSpec("robustness_eps", robust_accuracy_vs_eps, ("robust_accuracy", "clean_accuracy"), at_step=True),
     ),
 }
 
