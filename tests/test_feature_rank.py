@@ -347,6 +347,10 @@ def test_bad_inputs_are_clear_errors():
         feature_rank(model, (x, labels(12)), n=12, logit_normalize=True)
     with pytest.raises(ConfigError, match=r"output_fn=.* does not apply"):
         feature_rank(model, (x, labels(12)), n=12, output_fn="torch:sum")
+    bad = torch.randn(12, 3, 8, 8)
+    bad[7, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"module 'layer1' \(output\) gave NaN or infinite features \(examples 4 to 7\)"):
+        feature_rank(model, (bad, labels(12)), n=12, layers=["B1"], batch_size=4)
     with pytest.raises(ConfigError, match=r"layers has repeated names"):
         FeatureRankOptions(layers=("B1", "B1"))
     # the batch runner's check, before any task: data.n keeps fewer examples than feature_rank.n
