@@ -201,6 +201,17 @@ def test_stage_hooks_give_the_shapes_the_zoo_declares():
                                res.singular_values.sel(layer="B1").values)  # the head's input is the body's output
 
 
+def test_resnet18_blocks_1_to_5_as_in_the_reference():
+    """The reference's blocks 1-5 of ResNet-18 on CIFAR: the four stage outputs and the pooled
+    512 features the classifier sees (all capped by n here, as layer1-3 are at n = 10,240)."""
+    model = build_model("resnet18_cifar").eval()
+    with pytest.warns(RankCappedWarning):
+        res = feature_rank(model, (torch.randn(4, 3, 32, 32), labels(4)), n=4, layers="B1,B2,B3,B4,penultimate",
+                           progress=False)
+    assert res.feature_dim.values.tolist() == [64 * 32 * 32, 128 * 16 * 16, 256 * 8 * 8, 512 * 4 * 4, 512]
+    assert res.module.values.tolist() == ["layer1", "layer2", "layer3", "layer4", "linear"]
+
+
 def test_default_layer_is_the_input_of_the_last_linear():
     class Net(nn.Module):
         def __init__(self):
