@@ -133,7 +133,7 @@ def test_gram_singular_values_equal_numpy_svd(n, d, centering, monkeypatch):
     cum = np.cumsum(want**2) / np.sum(want**2)
     np.testing.assert_allclose(res.explained_variance_ratio.values[0], cum, rtol=1e-9)
     assert int(res.feature_dim.item()) == d and int(res.n_samples) == n
-    # the batch size does not change the result (eval mode), nor does the float32 model
+    # neither one batch (eval mode: batching changes nothing) nor a float64 model instead of dtype copies
     other = quiet(feature_rank, head(d).double(), (torch.tensor(x), labels(n)), n=n, batch_size=None,
                   centering=centering, threshold=0.95)
     np.testing.assert_allclose(other.singular_values.values**2, res.singular_values.values**2, rtol=1e-9,
