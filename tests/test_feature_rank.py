@@ -133,7 +133,7 @@ def test_gram_singular_values_equal_numpy_svd(n, d, centering, monkeypatch):
     cum = np.cumsum(want**2) / np.sum(want**2)
     np.testing.assert_allclose(res.explained_variance_ratio.values[0], cum, rtol=1e-9)
     assert int(res.feature_dim.item()) == d and int(res.n_samples) == n
-    # the batch size does not change the result (eval mode), nor does the float32 model
+    # neither one batch (eval mode: batching changes nothing) nor a float64 model instead of dtype copies
     other = quiet(feature_rank, head(d).double(), (torch.tensor(x), labels(n)), n=n, batch_size=None,
                   centering=centering, threshold=0.95)
     np.testing.assert_allclose(other.singular_values.values**2, res.singular_values.values**2, rtol=1e-9,
@@ -199,6 +199,17 @@ def test_stage_hooks_give_the_shapes_the_zoo_declares():
                                atol=1e-12 * want[0] ** 2)
     np.testing.assert_allclose(res.singular_values.sel(layer="penultimate").values,
                                res.singular_values.sel(layer="B1").values)  # the head's input is the body's output
+
+
+def test_resnet18_blocks_1_to_5_as_in_the_reference():
+    """The reference's blocks 1-5 of ResNet-18 on CIFAR: the four stage outputs and the pooled
+    512 features the classifier sees (all capped by n here, as layer1-3 are at n = 10,240)."""
+    model = build_model("resnet18_cifar").eval()
+    with pytest.warns(RankCappedWarning):
+        res = feature_rank(model, (torch.randn(4, 3, 32, 32), labels(4)), n=4, layers="B1,B2,B3,B4,penultimate",
+                           progress=False)
+    assert res.feature_dim.values.tolist() == [64 * 32 * 32, 128 * 16 * 16, 256 * 8 * 8, 512 * 4 * 4, 512]
+    assert res.module.values.tolist() == ["layer1", "layer2", "layer3", "layer4", "linear"]
 
 
 def test_default_layer_is_the_input_of_the_last_linear():
@@ -347,6 +358,10 @@ def test_bad_inputs_are_clear_errors():
         feature_rank(model, (x, labels(12)), n=12, logit_normalize=True)
     with pytest.raises(ConfigError, match=r"output_fn=.* does not apply"):
         feature_rank(model, (x, labels(12)), n=12, output_fn="torch:sum")
+    bad = torch.randn(12, 3, 8, 8)
+    bad[7, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"module 'layer1' \(output\) gave NaN or infinite features \(examples 4 to 7\)"):
+        feature_rank(model, (bad, labels(12)), n=12, layers=["B1"], batch_size=4)
     with pytest.raises(ConfigError, match=r"layers has repeated names"):
         FeatureRankOptions(layers=("B1", "B1"))
     # the batch runner's check, before any task: data.n keeps fewer examples than feature_rank.n

@@ -22,7 +22,7 @@ all zero give ``min(n, d) + 1``. The rank can never exceed ``min(n, d) + 1``, wh
 flagged when ``n <= d`` (the rank is then capped by the sample count, e.g. ResNet-18's layer3
 with 16,384 features on 10,240 examples).
 
-Memory: ``X`` is never centred, copied or decomposed as a whole. The Gram matrix of the smaller
+Memory: ``X`` is never centred or decomposed as a whole, and kept at most once. The Gram matrix of the smaller
 side is accumulated in float64 batch by batch: ``X^T X`` (``d x d``) from each batch alone when
 ``d <= n``; ``X X^T`` (``n x n``) when ``d > n``, block row by block row against the rows kept so
 far (one stored copy of the raw features, in their own dtype; centring is applied in float64 to
@@ -65,6 +65,7 @@ from landscape.analyses.common import make_options, stamp
 from landscape.config import check, did_you_mean
 from landscape.losses import import_object
 from landscape.objective import ObjectiveOptions, _modes, dtype_name
+from landscape.progress import Progress
 
 __all__ = ["PENULTIMATE", "FeatureRankOptions", "RankCappedWarning", "feature_rank", "layer_names",
            "rank_from_singular_values", "resolve_layers"]
@@ -275,6 +276,9 @@ class _Gram:
         elif int(x.shape[1]) != self.d:
             raise ValueError(f"feature_rank: {where} has {int(x.shape[1])} features in one batch and {self.d} "
                              "in an earlier one; the layer's output must have one shape for every example")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"feature_rank: {where} gave NaN or infinite features (examples {self.rows} to "
+                             f"{self.rows + b - 1}); check the checkpoint and the data")
         s, e = self.rows, self.rows + b
         if e > self.n:
             raise ValueError(f"feature_rank: {where} produced more rows ({e}) than examples ({self.n})")
@@ -381,6 +385,7 @@ def feature_rank(
     n: int | None = 10240,
     threshold: float = 0.99,
     centering: str = "sample",
+    progress: bool = True,
 ) -> xr.Dataset:
     """Singular values and rank of the features of one or more layers (Andriushchenko et al. 2023).
 
@@ -412,6 +417,8 @@ def feature_rank(
         threshold: the fraction of the total ``s^2`` in (0, 1] (reference: 0.99).
         centering: ``"sample"`` (the reference: each example's feature vector minus its mean over
             the features), ``"feature"`` (PCA: minus the mean over examples) or ``"none"``.
+        progress: a bar (terminal, notebook) or log lines over the batches (not an option: the
+            result does not depend on it).
 
     Returns:
         Dataset over ``layer`` (the names asked for; coordinates ``module`` and ``hook``) and
@@ -444,7 +451,8 @@ def feature_rank(
     batches = _inputs.split(x, y, opts.batch_size)
     device = _device(model)
     grams = {key: _Gram(total, opts.centering) for key in dict.fromkeys(targets.values())}
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], int] = {}  # hook calls per target in the current forward pass
+    current = [0]  # examples in the current batch
 
     def sink_for(key):
         def sink(t: Tensor) -> None:
@@ -457,10 +465,10 @@ def feature_rank(
                 grams[key].add(t.detach().reshape(current[0], -1), where)
         return sink
 
-    current = [0]
     state = _state(model, run_dtype, opts.bn_mode == "train")
     # _modes is the one home of train/eval switching (shared with the objective), restored on exit.
-    with torch.no_grad(), _modes(model, opts.bn_mode == "train"), _hooks(model, {k: sink_for(k) for k in grams}):
+    bar = Progress(len(batches), f"feature_rank n={total}", enabled=progress)
+    with bar, torch.no_grad(), _modes(model, opts.bn_mode == "train"), _hooks(model, {k: sink_for(k) for k in grams}):
         for xb, _ in batches:
             xb = _inputs.to_device(xb, device, run_dtype)
             current[0] = _inputs.num_examples(xb)
@@ -475,6 +483,7 @@ def feature_rank(
                         + (" (it is not used by forward)" if count == 0 else
                            " (a module shared by several places has no single output per example)")
                         + "; choose a module that runs exactly once")
+            bar.update()
     return _dataset(targets, grams, opts, total, len(batches), model)
 
 
