@@ -20,6 +20,13 @@ from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostic
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.slices import (
+    interpolation_curves,
+    slice_contour,
+    slice_curves,
+    slice_surface,
+    trajectory_plane,
+)
 from landscape.plots.training import combine_histories, history_dataset, training_curves
 
 __all__ = [
@@ -27,16 +34,21 @@ __all__ = [
     "combine_histories",
     "diagnostics_dataset",
     "history_dataset",
+    "interpolation_curves",
     "norm_param_histograms",
     "rebin",
     "run_colors",
     "save",
     "sharpness_vs_rho",
     "sharpness_vs_step",
+    "slice_contour",
+    "slice_curves",
+    "slice_surface",
     "slq_density",
     "spectral_density",
     "top_eigenvalues",
     "trace",
+    "trajectory_plane",
     "training_curves",
     "training_diagnostics",
 ]
