@@ -73,6 +73,14 @@ _API: dict[str, str] = {
     "register_analysis": "landscape.analyses.registry",
     "DataOptions": "landscape.analyses.registry",
     "analysis_names": "landscape.analyses.registry",
+    # loss-landscape directions (Li et al. 2018)
+    "random_direction": "landscape.directions",
+    "checkpoint_direction": "landscape.directions",
+    "plane": "landscape.directions",
+    "Plane": "landscape.directions",
+    "DirectionError": "landscape.directions",
+    "directions_to_dataset": "landscape.directions",
+    "directions_from_dataset": "landscape.directions",
     # results and batch analysis
     "write_result": "landscape.results",
     "read_result": "landscape.results",
