@@ -384,10 +384,14 @@ class Objective:
         return total
 
     # ------------------------------------------------------------------ the function
-    def _state(self, theta: Tensor) -> dict[str, Tensor]:
+    def _state(self, theta: Tensor, buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         state = dict(self._fixed)
         state.update(self.unflatten(theta))
-        if self.bn_mode == "train":
+        if buffers is not None:
+            # Caller-owned buffers (e.g. BatchNorm statistics re-estimated at theta); layers in
+            # train mode update these in place, never the objective's own.
+            state.update(buffers)
+        elif self.bn_mode == "train":
             # Train-mode BatchNorm writes running statistics in place; give it throw-away
             # copies so the objective stays the same function between calls.
             state.update({n: b.clone() for n, b in self._buffers.items()})
@@ -395,15 +399,33 @@ class Objective:
             state.update(self._buffers)
         return state
 
-    def _forward(self, theta: Tensor, i: int) -> Tensor:
+    def _forward(self, theta: Tensor, i: int, buffers: dict[str, Tensor] | None = None,
+                 bn_train: bool | None = None) -> Tensor:
         args, kwargs = _inputs.as_call(self._batches[i][0])
-        with _modes(self.model, self.bn_mode == "train"):
-            out = functional_call(self.model, self._state(theta), args, kwargs)
+        with _modes(self.model, self.bn_mode == "train" if bn_train is None else bn_train):
+            out = functional_call(self.model, self._state(theta, buffers), args, kwargs)
         z = _inputs.model_output(out, self.output_fn)
         if self.logit_normalize:
             z = z - z.mean(dim=-1, keepdim=True)
             z = z / z.norm(dim=-1, keepdim=True).clamp_min(LOGIT_NORM_FLOOR)
         return z
+
+    def forward(self, theta: Tensor, i: int, *, buffers: dict[str, Tensor] | None = None,
+                bn_train: bool | None = None) -> Tensor:
+        """Outputs of batch ``i`` at ``theta`` (after logit normalization if enabled).
+
+        ``buffers``: a full ``{name: tensor}`` set of buffers used instead of the objective's
+        (normalization layers in train mode update them in place: pass copies you own);
+        ``bn_train``: normalization layers in train (batch statistics) or eval mode instead of
+        ``bn_mode``'s. Both ``None``: the objective's own function.
+        """
+        self.batch_ids(i)
+        return self._forward(theta, i, buffers, bn_train)
+
+    def buffer_copies(self) -> dict[str, Tensor]:
+        """Fresh copies of the model's buffers as the objective holds them (device, ``dtype``),
+        for :meth:`forward` / :meth:`loss_and_error` with ``buffers=``."""
+        return {n: b.clone() for n, b in self._buffers.items()}
 
     def batch_loss(self, theta: Tensor, i: int) -> Tensor:
         """Mean loss of batch ``i`` at ``theta`` (the loss callable's value; model dtype)."""
@@ -502,14 +524,16 @@ class Objective:
         return self.accumulate(lambda i: self._wrong(self._forward(theta, i), i) / self.batch_sizes[i], batch, "logits")
 
     @torch.no_grad()
-    def loss_and_error(self, theta: Tensor | None = None, batch: int | None = None) -> tuple[Tensor, Tensor | None]:
+    def loss_and_error(self, theta: Tensor | None = None, batch: int | None = None, *,
+                       buffers: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """Mean loss and misclassification rate (float64 scalars) from one forward per batch;
-        the error is ``None`` when the targets are not class indices."""
+        the error is ``None`` when the targets are not class indices. ``buffers``: evaluate
+        with these buffers instead of the model's (as in :meth:`forward`)."""
         theta = self.point(theta)
         errors = self.class_targets
 
         def one(i: int) -> Tensor:
-            z = self._forward(theta, i)
+            z = self._forward(theta, i, buffers)
             li = self.loss_spec(z, self._batches[i][1]).reshape(1).to(torch.float64)
             if not errors:
                 return li
