@@ -217,10 +217,84 @@ def test_landscape_plot_draws_the_figures_each_result_calls_for(tmp_path, capsys
     interp = synthetic_slice(1, "interpolation", points=[("A", 0, 0.0), ("B", 1, 1.0)])
     interp.attrs["config_json"] = '{"kind": "interpolation"}'
     _write(interp, res, "sgd", 2, "3333333333")
-    written, failures = plot_results(res, tmp_path / "fig", analyses="slice")
+    written, failures = plot_results(res, tmp_path / "fig", analyses="slice", formats=("png",))
     assert not failures
-    names = sorted(p.name for p in written if p.suffix == ".png")
+    names = sorted(p.name for p in written)
     assert names == ["slice_1d-1111111111.png", "slice_contour-2222222222.png",
                      "slice_interpolation-3333333333.png", "slice_surface-2222222222.png"]
     for p in written:
-        assert p.read_bytes().startswith(PNG if p.suffix == ".png" else PDF)
+        assert p.read_bytes().startswith(PNG)
+
+
+# ------------------------------------------------------------------ from real slice results
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """Real ``loss_slice`` results of tiny models (every kind the figures draw), written and read
+    back through landscape.results as `landscape analyze` / `landscape slice` do."""
+    import torch
+
+    from landscape import directions as D
+    from landscape.analyses.slices import loss_slice
+    from landscape.models import build_model
+    from landscape.results import open_results, read_result
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    models = [build_model("mlp", input_shape=(4,), num_classes=3, width=5, norm="batch").eval() for _ in range(3)]
+    kw = dict(progress=False, batch_size=32)
+    out = tmp_path_factory.mktemp("real")
+    made = {}
+    for run, m in zip(("sgd", "sam"), models[:2]):
+        d = D.random_direction(m, seed=0)
+        _write(loss_slice(m, (x, y), d, grid="-1:1:5", direction_kind="random", normalization="filter",
+                          one_d="ignore", **kw), out / "one_d", run, 3, "1111111111")
+    made["1d"] = open_results(out / "one_d", "slice")
+    pair = [D.random_direction(models[0], seed=s) for s in (1, 2)]
+    made["2d"] = read_result(_write(loss_slice(models[0], (x, y), pair, grid=["-1:1:5", "-0.5:0.5:3"],
+                                               direction_kind="random", normalization="filter", one_d="ignore",
+                                               **kw), out / "two_d", "sgd", 3, "2222222222"))
+    made["interpolation"] = read_result(_write(loss_slice(
+        models[0], (x, y), D.checkpoint_direction(models[0], models[1]), grid="-0.5:1.5:5",
+        points={"A": {"alpha": 0.0, "step": 1}, "B": {"alpha": 1.0, "step": 2}}, direction_kind="interpolation",
+        **kw), out / "interp", "sgd", 1, "3333333333"))
+    made["plane"] = read_result(_write(loss_slice(
+        models[0], (x, y), D.plane(*models, labels=("A", "B", "C")), grid="-0.5:1.5:5", direction_kind="plane",
+        **kw), out / "plane", "sgd", 1, "4444444444"))
+    if hasattr(D, "trajectory_pca"):
+        pl = D.trajectory_pca(models, centre=-1, steps=[1, 2, 3])
+        made["trajectory"] = read_result(_write(loss_slice(models[2], (x, y), pl, grid=5, direction_kind="trajectory",
+                                                           **kw), out / "traj", "sgd", 3, "5555555555"))
+    return made
+
+
+def test_every_figure_renders_from_a_real_slice_result(real, tmp_path):
+    draws = [
+        (plots.slice_curves, real["1d"]),
+        (plots.interpolation_curves, real["interpolation"]),
+        (plots.slice_contour, real["2d"]),
+        (plots.slice_surface, real["2d"]),
+        (plots.slice_contour, real["plane"]),
+    ]
+    if "trajectory" in real:
+        draws.append((plots.trajectory_plane, real["trajectory"]))
+    for fn, ds in draws:
+        _axes_labelled(fn(ds))
+    # one of them written (saving is the slow part; every figure is saved by the CLI tests)
+    assert plots.save(fn(ds), tmp_path / "fig", ("png",))[0].read_bytes().startswith(PNG)
+    # the combined 1-D folder: one line per run, each the stored values
+    fig = plots.slice_curves(real["1d"], metrics=("loss",))
+    lines = {ln.get_label().split(" ")[0]: ln for ln in fig.axes[0].get_lines() if ln.get_label() != "_nolegend_"}
+    assert set(lines) == {"sam", "sgd"}
+    for run, ln in lines.items():
+        np.testing.assert_allclose(ln.get_ydata(), real["1d"].loss.sel(run=run, step=3).values)
+    # interpolation: both axes labelled with units; the ends where the result puts them
+    ax = plots.interpolation_curves(real["interpolation"]).axes[0]
+    assert "loss (nats)" in ax.get_ylabel() and "0 = A, 1 = B" in ax.get_xlabel()
+    # the plane: the three checkpoints marked at their stored coordinates
+    ax = plots.slice_contour(real["plane"]).axes[0]
+    texts = {t.get_text() for t in ax.texts}
+    assert {"A", "B", "C"} <= {t.split(" ")[0] for t in texts}
+    assert list(slice_figures(real["plane"])) == ["slice_contour", "slice_surface"]
+    assert list(slice_figures(real["interpolation"])) == ["slice_interpolation"]
