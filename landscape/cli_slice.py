@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,9 +91,12 @@ def add_slice_parser(subparsers) -> argparse.ArgumentParser:
             "One checkpoint: a 2-D (--ndim 1: 1-D) slice along random (or --direction) directions; two: "
             "the interpolation A + alpha (B - A); three: the plane through them; --trajectory RUN_DIR: the "
             "PCA plane of the run's checkpoints. Writes OUT/<run>/<checkpoint>/slice-<hash>.nc (and with "
-            "--plot its figures beside it). A --grid value that starts with '-' needs '=': --grid=-1:1:21."
+            "--plot its figures beside it)."
         ),
     )
+    # "--grid -1:1:21": a value that starts with "-<digit>" is a value, not a flag (argparse before
+    # Python 3.13 only knows plain negative numbers; 3.13 reads it this way by itself).
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\.?\d[\d.]*:")
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="one, two or three checkpoint files")
     p.add_argument("--trajectory", metavar="RUN_DIR", default=None,
                    help="a run folder: the PCA plane of its checkpoints (centre: the last); no CKPT then")

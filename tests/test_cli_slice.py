@@ -95,7 +95,7 @@ def test_one_checkpoint_random_2d_slice_centre_is_the_model(run, tmp_path, capsy
 
 def test_interpolation_reaches_the_second_checkpoint_and_plots(run, tmp_path, capsys):
     a, b = run["ckpts"][0], run["ckpts"][2]
-    rc, path = _slice(tmp_path, a, b, "--grid=-0.5:1.5:5", "--plot", "--formats", "png")
+    rc, path = _slice(tmp_path, a, b, "--grid", "-0.5:1.5:5", "--plot", "--formats", "png")  # no '=' needed
     assert rc == 0, capsys.readouterr().err
     ds = read_result(path).isel(run=0, step=0)
     assert ds.attrs["direction_kind"] == "interpolation" and int(ds.attrs["ndim"]) == 1
