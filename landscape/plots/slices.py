@@ -569,28 +569,32 @@ def interpolation_curves(
         if ax2 is not None:
             ax2.grid(False)
             ax2.spines["right"].set_visible(True)
-        marked: set[float] = set()
+        ends: dict[float, list[str]] = {}  # alpha -> the labels of the checkpoints there (all runs)
+        many = len(chosen) > 1
         for r, s in chosen.items():
             d = _at(ds, r, s)
             a = d["alpha"].values.astype(float)
             y = d["loss"].values.astype(float)
             ok = np.isfinite(y)
-            ax.plot(a[ok], y[ok], color=colors[r], label=f"{r} loss" if len(chosen) > 1 else "loss")
+            ax.plot(a[ok], y[ok], color=colors[r], label=f"{r}{_legend_norm(d)} loss" if many else "loss")
             if ax2 is not None:
                 acc = d["accuracy"].values.astype(float)
                 ok = np.isfinite(acc)
                 ax2.plot(a[ok], acc[ok], color=colors[r], linestyle="--",
                          label=f"{r} accuracy" if len(chosen) > 1 else "accuracy")
             for lab, _, x, _ in _points(d):
-                if round(x, 9) not in marked:
-                    marked.add(round(x, 9))
-                    ax.axvline(x, color="grey", linestyle=":", linewidth=0.8)
-                    ax.annotate(lab, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6,
-                                ha="center", va="bottom")
+                labs = ends.setdefault(round(x, 9), [])
+                if lab not in labs:
+                    labs.append(lab)
+        for x, labs in ends.items():
+            ax.axvline(x, color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(" / ".join(labs), (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6,
+                        ha="center", va="bottom")
         if log:
             log_axis(ax, "y")
         first = _at(ds, *next(iter(chosen.items())))
-        ax.set_xlabel(_axis_text(first, 0, "interpolation"))
+        ax.set_xlabel(r"$\alpha$ (0 = A, 1 = B of each run; $\|B - A\|$ in the legend)" if many
+                      else _axis_text(first, 0, "interpolation"))
         ax.set_ylabel(_value_label(ds, "loss") + " (solid)")
         handles, labels = ax.get_legend_handles_labels()
         if ax2 is not None:
