@@ -136,7 +136,7 @@ def test_curves_overlay_runs_with_one_color_each():
     np.testing.assert_allclose(by["sam"].get_ydata(), 0.5 * (0.3 + np.linspace(-2, 2, 9) ** 2))
     assert "5" in by["sam"].get_label() and fig.axes[0].get_ylabel() == "loss (nats)"
     # the same from a Dataset combined over runs (open_results' layout)
-    both = xr.concat([sgd, sam], dim="run", join="outer", coords="different")
+    both = xr.concat([sgd, sam], dim="run", join="outer", coords="different", compat="equals")
     fig2 = plots.slice_curves(both, metrics=("loss",), log=True)
     assert len(fig2.axes) == 1 and fig2.axes[0].get_yscale() == "log"
 
@@ -155,7 +155,7 @@ def test_interpolation_curves_two_axes_and_ends():
     # two runs (pairs) with their own end labels, combined as open_results does
     other = synthetic_slice(1, "interpolation", alpha=np.linspace(-0.5, 1.5, 9),
                             points=[("sam_1", 1, 0.0), ("sam_2", 2, 1.0)]).expand_dims(run=["sam"], step=[2])
-    both = xr.concat([ds.expand_dims(run=["sgd"], step=[2]), other], dim="run", coords="different")
+    both = xr.concat([ds.expand_dims(run=["sgd"], step=[2]), other], dim="run", coords="different", compat="equals")
     ax = plots.interpolation_curves(both).axes[0]
     assert {t.get_text() for t in ax.texts} == {"epoch_0001 / sam_1", "epoch_0002 / sam_2"}
     assert len([ln for ln in ax.get_lines() if ln.get_label().endswith("loss")]) == 2
@@ -180,7 +180,7 @@ def test_trajectory_plane_in_step_order_with_variance():
 
 
 def test_several_runs_one_panel_each_and_bad_input():
-    both = xr.concat([synthetic_slice(run="sgd"), synthetic_slice(run="sam")], dim="run", coords="different")
+    both = xr.concat([synthetic_slice(run="sgd"), synthetic_slice(run="sam")], dim="run", coords="different", compat="equals")
     fig = plots.slice_contour(both, colors={"sam": "#D55E00", "sgd": "#0072B2"})
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert sorted(ax.get_title() for ax in titled) == ["sam, step 10", "sgd, step 10"]
