@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--points", type=int, default=21, help="grid N x N (default 21)")
+    ap.add_argument("--points", type=int, default=21, help="grid N x N, N odd (default 21)")
     ap.add_argument("--batch-sizes", default="125,250,500,1000",
                     help="batch sizes tried for the floor; the best is used by every method")
     ap.add_argument("--repeats", type=int, default=2, help="rounds over all methods (median and min)")
@@ -100,6 +100,8 @@ def main(argv=None) -> dict:
         args.depth, args.samples, args.points, args.repeats, args.batch_sizes = 8, 64, 3, 1, "32,64"
     if args.points < 1:
         ap.error(f"--points must be >= 1, got {args.points}")
+    if args.points % 2 == 0:
+        ap.error(f"--points must be odd (the grid holds the centre exactly), got {args.points}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -134,9 +136,9 @@ def main(argv=None) -> dict:
                 for bs in sizes}
     best_bs = min(per_size, key=per_size.get)
 
+    # N x N points for every method (an odd N holds 0; loss_slice would add it to an even one)
     grid = torch.linspace(-1.0, 1.0, args.points).tolist()
-    if args.points % 2 == 1:
-        grid[args.points // 2] = 0.0  # the centre exactly
+    grid[args.points // 2] = 0.0  # exactly
 
     def ours(points=grid, **extra):
         d1 = random_direction(model, normalization="filter", one_d="ignore", seed=0)
