@@ -366,13 +366,15 @@ def run_slice(args: argparse.Namespace) -> int:
     loss = _resolve_ref(loss_name, paths, instantiate=True)
 
     sha = {str(c.path): file_sha256(c.path) for c in ckpts}
+    labels = [_label(c.path, [x.path for x in ckpts]) for c in ckpts]
     request = {
         "kind": kind, "ndim": ndim, "grid": grid, "normalization": args.normalization, "one_d": args.one_d,
         "params": args.params, "seed": args.seed, "orthogonalize": bool(args.orthogonalize),
         "bn_mode": args.bn_mode, "recompute_batches": args.recompute_batches, "batch_size": args.batch_size,
         "max_samples": args.max_samples, "loss": loss_name, "vmap": bool(args.vmap),
         "keep_directions": bool(args.keep_directions),
-        "checkpoints": [{"path": p, "sha256": s} for p, s in sha.items()],
+        # the checkpoints by content (and label), so the same files reached by another path match
+        "checkpoints": [{"label": lab, "sha256": s} for lab, s in zip(labels, sha.values())],
     }
     hash_ = results.options_hash("slice", request, data_spec)
     path = results.result_path(out, run, centre.path, "slice", hash_)
