@@ -42,7 +42,9 @@ layer/model rule; under ``normalization="none"`` they are kept as they are). Wit
 ``one_d="filter"`` the whole direction therefore has the norm of the whole group.
 
 Tied weights (one parameter shared by several modules) appear once in ``named_parameters()``, so
-once in a direction; their filters are those of the first module that owns them.
+once in a direction; their filters are those of the first module that owns them. Directions move
+parameters only: BatchNorm running statistics are buffers, left to the slice's ``bn_mode`` (the
+reference code's "states" directions perturb them too).
 
 Example:
     >>> import torch.nn as nn
@@ -80,13 +82,17 @@ __all__ = [
     "directions_from_dataset",
     "directions_to_dataset",
     "dot",
+    "eigenvector_directions",
     "from_flat",
+    "gradient_direction",
+    "momentum_direction",
     "norm",
     "normalize",
     "orthogonalize",
     "plane",
     "random_direction",
     "to_flat",
+    "trajectory_pca",
 ]
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
@@ -209,6 +215,14 @@ def _module_of(x: Any) -> nn.Module | None:
         return x
     model = getattr(x, "model", None)
     return model if isinstance(model, nn.Module) else None
+
+
+def _step_of(x: Any) -> int | None:
+    """The training step of a Checkpoint (``None`` for models and state dicts)."""
+    if isinstance(x, (nn.Module, Mapping)):
+        return None
+    step = getattr(x, "step", None)
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def check_direction(direction: Mapping[str, Tensor], model: nn.Module, *, what: str = "direction") -> dict[str, nn.Parameter]:
@@ -642,7 +656,8 @@ def plane(
         model: the architecture when all three are state dicts (see :func:`checkpoint_direction`).
 
     Returns:
-        A :class:`Plane` (``kind="plane"``, ``centre=labels[0]``).
+        A :class:`Plane` (``kind="plane"``, ``centre=labels[0]``, ``steps`` from Checkpoints'
+        ``.step``, else -1).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -668,8 +683,365 @@ def plane(
     if orthogonalize:
         t = dot(d2, d1) / n11
         d1, d2 = _gram_schmidt(d1, d2)
+    steps = {label: -1 if _step_of(x) is None else _step_of(x) for label, x in ((la, a), (lb, b), (lc, c))}
     return Plane(d1=d1, d2=d2, points={la: (0.0, 0.0), lb: (1.0, 0.0), lc: (t, 1.0)}, cos=cosine(d1, d2),
-                 kind="plane", centre=la)
+                 steps=steps, kind="plane", centre=la)
+
+
+# ------------------------------------------------------------- momentum, gradient, Hessian
+@torch.no_grad()
+def momentum_direction(
+    momentum: Mapping[str, Tensor],
+    model: nn.Module,
+    *,
+    normalization: str = "filter",
+    one_d: str = "ignore",
+    params: GroupSpec = "all",
+) -> Direction:
+    """The optimizer's momentum buffer as a direction (MSAM's ascent direction), normalized.
+
+    Args:
+        momentum: ``{name: buffer}``, e.g. :meth:`landscape.checkpoint.Checkpoint.momentum`
+            (SGD ``momentum_buffer`` or Adam ``exp_avg``). Parameters of the group without a
+            buffer count as zeros; names outside the group are ignored.
+        model: the network the buffers belong to (read only).
+        normalization, one_d: as :func:`normalize` (``"none"`` keeps the buffer's own scale).
+        params: the parameter group.
+
+    Raises:
+        DirectionError: a buffer's shape differs from its parameter's, or no buffer covers the
+            group.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> lin = nn.Linear(3, 2)
+        >>> d = momentum_direction({"weight": torch.ones(2, 3)}, lin, normalization="none", one_d="filter")
+        >>> d["weight"].sum().item(), d["bias"].tolist()
+        (6.0, [0.0, 0.0])
+    """
+    chosen = select(model, params)
+    covered = {n: momentum[n] for n in chosen if n in momentum}
+    if not covered:
+        first = next(iter(chosen))
+        raise DirectionError(
+            f"momentum_direction: the momentum buffers cover none of the {len(chosen)} parameters of group "
+            f"{params!r} (e.g. {first!r}); pass Checkpoint.momentum() of the same model"
+        )
+    check_direction(covered, model, what="momentum")
+    raw = {n: (covered[n].detach().to(device=p.device, dtype=p.dtype) if n in covered else torch.zeros_like(p.detach()))
+           for n, p in chosen.items()}
+    return normalize(raw, model, normalization=normalization, one_d=one_d)
+
+
+def gradient_direction(
+    model: nn.Module,
+    data,
+    *,
+    normalization: str = "filter",
+    one_d: str = "ignore",
+    params: GroupSpec = "all",
+    **objective_options: Any,
+) -> Direction:
+    """The gradient of the data-set loss as a direction (the loss increases along ``+alpha``).
+
+    Computed by :class:`landscape.objective.Objective` (its batch loop, BatchNorm modes,
+    losses and data forms; the model is not changed), then rescaled by :func:`normalize`.
+
+    Args:
+        model: the network.
+        data: any data form the objective accepts.
+        normalization, one_d: as :func:`normalize` (``"none"``: the gradient itself).
+        params: the parameter group.
+        **objective_options: ``batch_size``, ``max_samples``, ``bn_mode``, ``loss``,
+            ``logit_normalize``, ``dtype``, ``batch_fn``, ``output_fn`` of the objective.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> lin = nn.Linear(3, 2)
+        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> g = gradient_direction(lin, (x, y), normalization="none", one_d="filter", batch_size=4)
+        >>> lin.zero_grad(); nn.functional.cross_entropy(lin(x), y).backward()
+        >>> torch.allclose(g["weight"], lin.weight.grad, atol=1e-6)
+        True
+    """
+    from landscape.objective import Objective
+
+    _check_choice(normalization, NORMALIZATIONS, "normalization")
+    _check_choice(one_d, ONE_D, "one_d")
+    obj = Objective(model, data, params=params, **objective_options)
+    grad = obj.unflatten(obj.grad())
+    chosen = select(model, params)
+    raw = {n: t.detach().to(chosen[n].device).clone() for n, t in grad.items()}
+    return normalize(raw, model, normalization=normalization, one_d=one_d)
+
+
+def _squeeze_extra(var, keep: tuple[str, ...], what: str):
+    extra = [d for d in var.dims if d not in keep]
+    wide = [d for d in extra if var.sizes[d] != 1]
+    if wide:
+        raise DirectionError(
+            f"{what} has extra dimension(s) {wide} of length > 1: select one result first (e.g. ds.isel({wide[0]}=0))"
+        )
+    return var.isel({d: 0 for d in extra}).transpose(*keep)
+
+
+@torch.no_grad()
+def eigenvector_directions(
+    model: nn.Module,
+    hessian_result_or_vectors: Any,
+    *,
+    k: int = 2,
+    params: GroupSpec | None = None,
+) -> list[Direction]:
+    """The top-``k`` Hessian eigenvectors as directions (unit vectors over the group, unnormalized).
+
+    Args:
+        model: the network the eigenvectors were computed for.
+        hessian_result_or_vectors: a :func:`landscape.hessian_spectrum` result computed with
+            ``eigenvectors=True`` (variable ``eigenvectors(k, parameter)`` in the group's flat
+            order, coordinate ``parameter_name``; length-1 ``run``/``step`` dimensions of a
+            stored result are dropped), or flat tensors: a ``(k, P)`` tensor, one ``(P,)``
+            tensor or a sequence of them.
+        k: how many, in rank order (``lambda_1`` first).
+        params: the group: ``None`` takes the Dataset's own (``parameter_name``; ``"all"`` for
+            flat tensors); a spec is checked against it.
+
+    Returns:
+        ``[v_1, ..., v_k]`` on the parameters' devices and dtypes. Apply :func:`normalize` for a
+        filter-normalized version.
+
+    Raises:
+        DirectionError: no eigenvectors stored, fewer than ``k``, or another group/architecture.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> lin = nn.Linear(2, 1)
+        >>> v = eigenvector_directions(lin, torch.eye(3), k=2)
+        >>> v[1]["weight"].tolist(), v[1]["bias"].tolist()
+        ([[0.0, 1.0]], [0.0])
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DirectionError(f"eigenvector_directions: k must be a positive int, got {k!r}")
+    names: list[str] | None = None
+    if isinstance(hessian_result_or_vectors, Tensor):
+        mat = hessian_result_or_vectors.detach()
+        mat = mat.reshape(1, -1) if mat.ndim == 1 else mat
+    elif isinstance(hessian_result_or_vectors, Sequence) and all(isinstance(v, Tensor) for v in hessian_result_or_vectors):
+        mat = torch.stack([v.detach().reshape(-1) for v in hessian_result_or_vectors])
+    elif hasattr(hessian_result_or_vectors, "variables"):
+        ds = hessian_result_or_vectors
+        if "eigenvectors" not in ds.variables:
+            raise DirectionError(
+                "eigenvector_directions: the Hessian result holds no eigenvectors; compute it with "
+                "landscape.hessian_spectrum(..., eigenvectors=True)"
+            )
+        var = _squeeze_extra(ds["eigenvectors"], ("k", "parameter"), "eigenvectors")
+        mat = torch.from_numpy(var.values.copy())
+        if "parameter_name" in var.coords:
+            pn = [str(x) for x in var["parameter_name"].values]
+            names = [n for i, n in enumerate(pn) if i == 0 or pn[i - 1] != n]
+    else:
+        raise DirectionError(
+            f"eigenvector_directions: got a {type(hessian_result_or_vectors).__name__}; accepted: a hessian_spectrum "
+            "result Dataset (eigenvectors=True), a (k, P) tensor or a sequence of flat tensors"
+        )
+    if mat.ndim != 2:
+        raise DirectionError(f"eigenvector_directions: expected a (k, P) matrix of eigenvectors, got shape {tuple(mat.shape)}")
+    if k > mat.shape[0]:
+        raise DirectionError(f"eigenvector_directions: k={k} but only {mat.shape[0]} eigenvectors are given")
+    if names is not None:
+        params_model = dict(model.named_parameters())
+        missing = [n for n in names if n not in params_model]
+        if missing:
+            raise DirectionError(
+                f"eigenvector_directions: the eigenvectors are over parameter {missing[0]!r}, which the model "
+                f"({type(model).__name__}) does not have"
+            )
+        if params is not None and list(select(model, params)) != names:
+            raise DirectionError(
+                f"eigenvector_directions: the eigenvectors are over {len(names)} parameter tensors "
+                f"({names[0]!r}, ...), not group {params!r} of the model ({len(select(model, params))} tensors)"
+            )
+        shapes: Mapping[str, Any] = {n: params_model[n] for n in names}
+    else:
+        shapes = select(model, "all" if params is None else params)
+    total = sum(p.numel() for p in shapes.values())
+    if mat.shape[1] != total:
+        raise DirectionError(
+            f"eigenvector_directions: the eigenvectors have {mat.shape[1]} entries but the group has {total} "
+            "parameters (another architecture or group)"
+        )
+    out = []
+    for row in mat[:k]:
+        d = from_flat(row, {n: p.shape for n, p in shapes.items()})
+        out.append({n: t.to(device=shapes[n].device, dtype=shapes[n].dtype) for n, t in d.items()})
+    return out
+
+
+# --------------------------------------------------------------------------- trajectory
+@torch.no_grad()
+def trajectory_pca(
+    states: Sequence[Any],
+    *,
+    centre: int = -1,
+    params: GroupSpec = "all",
+    steps: Sequence[int] | None = None,
+    labels: Sequence[str] | None = None,
+    model: nn.Module | None = None,
+    demean: bool = False,
+) -> Plane:
+    """The plane of the first two PCA directions of a training trajectory (Li et al. Section 7).
+
+    The matrix ``M`` has one row ``theta_i - theta_centre`` per checkpoint other than the centre
+    (the final one by default, as Li et al.); its top two right singular vectors are the unit
+    directions ``d1``, ``d2``; every checkpoint's coordinates are its projections
+    ``((theta_i - theta_centre) . d1, (theta_i - theta_centre) . d2)``, so a trajectory lying in a
+    plane through the centre is reproduced exactly. ``torch.linalg.svd`` of ``M`` in float64
+    when it has at most 32 M entries, else the eigen-decomposition of the ``n x n`` Gram matrix
+    ``M M^T`` accumulated one parameter tensor at a time (memory: one copy of the group per
+    checkpoint, the checkpoints themselves). Signs are fixed so that the first non-centre
+    checkpoint has coordinates <= 0 (training moves towards ``+alpha``, ``+beta``).
+
+    Args:
+        states: the run's checkpoints in training order: models, state dicts (with ``model=``)
+            or Checkpoints (whose ``.step`` is used), at least three.
+        centre: index of the plane's origin (default ``-1``: the final checkpoint).
+        params: the parameter group.
+        steps: the training step of each checkpoint (default: the Checkpoints' steps, else -1).
+        labels: point labels (default: the steps when known and distinct, else ``"0"``, ``"1"``...).
+        model: the architecture when ``states`` are state dicts (names, shapes, the group).
+        demean: subtract the mean row before the decomposition (PCA proper, as scikit-learn's
+            ``PCA`` in the reference code); default ``False`` decomposes ``M`` itself, whose
+            directions capture the most of the displacements from the centre drawn in the plane.
+
+    Returns:
+        A :class:`Plane` (``kind="trajectory"``) with ``points`` for every checkpoint,
+        ``explained_variance`` (the ratios ``s_k^2 / sum s^2``), ``steps`` and ``centre``.
+
+    Raises:
+        DirectionError: fewer than three checkpoints, another architecture (naming the
+            parameter), a trajectory that spans fewer than two directions.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> base = nn.Linear(3, 1)
+        >>> e1, e2 = torch.eye(3)[0:1], torch.eye(3)[1:2]
+        >>> traj = [{"weight": base.weight.detach() + a * e1 + b * e2, "bias": base.bias.detach()}
+        ...         for a, b in [(-2.0, -1.0), (-1.0, 0.5), (0.0, 0.0)]]
+        >>> p = trajectory_pca(traj, model=base)
+        >>> [round(sum(c * c for c in p.points[k]) ** 0.5, 6) for k in ("0", "1", "2")]
+        [2.236068, 1.118034, 0.0]
+        >>> round(sum(p.explained_variance), 6)
+        1.0
+    """
+    states = list(states)
+    n = len(states)
+    if n < 3:
+        raise DirectionError(f"trajectory_pca: needs at least 3 checkpoints for a plane, got {n}")
+    if isinstance(centre, bool) or not isinstance(centre, int) or not -n <= centre < n:
+        raise DirectionError(f"trajectory_pca: centre={centre!r} is not an index into the {n} checkpoints")
+    c = centre % n
+    ref = model if model is not None else next((m for m in map(_module_of, states) if m is not None), None)
+    names = _group_names(ref, params)
+    tensors = [_state_of(x, f"checkpoint {i}") for i, x in enumerate(states)]
+    # validate every checkpoint against the centre once (one home: checkpoint_direction's check)
+    shapes: dict[str, torch.Size] = {}
+    for name in names:
+        if name not in tensors[c]:
+            raise DirectionError(f"trajectory_pca: parameter {name!r} is missing from checkpoint {c} (the centre)")
+        shapes[name] = tensors[c][name].shape
+    for i, t in enumerate(tensors):
+        for name in names:
+            if name not in t:
+                raise DirectionError(f"trajectory_pca: another architecture: parameter {name!r} is missing from checkpoint {i}")
+            if t[name].shape != shapes[name]:
+                raise DirectionError(
+                    f"trajectory_pca: another architecture: parameter {name!r} has shape {tuple(t[name].shape)} in "
+                    f"checkpoint {i} and {tuple(shapes[name])} in the centre (checkpoint {c})"
+                )
+    rows = [i for i in range(n) if i != c]
+    total = sum(math.prod(s) for s in shapes.values())
+
+    dev = tensors[c][names[0]].device
+    m_rows = len(rows)
+
+    def block(name: str, out: Tensor | None = None) -> Tensor:
+        """Rows theta_i - theta_c of one tensor in float64, on the centre's device: (n - 1, numel),
+        written into ``out`` when given; one fused subtract-and-cast pass per row."""
+        ctr = tensors[c][name].detach().reshape(-1).to(device=dev, dtype=torch.float64)
+        if out is None:
+            out = torch.empty(m_rows, ctr.numel(), dtype=torch.float64, device=dev)
+        for r, i in enumerate(rows):
+            torch.sub(tensors[i][name].detach().reshape(-1).to(dev), ctr, out=out[r])
+        return out
+
+    centring = torch.eye(m_rows, dtype=torch.float64, device=dev) - (1.0 / m_rows if demean else 0.0)
+    if m_rows * total <= _SVD_MAX_ENTRIES:
+        mat = torch.empty(m_rows, total, dtype=torch.float64, device=dev)
+        off = 0
+        for name in names:
+            k = math.prod(shapes[name])
+            block(name, mat[:, off:off + k])
+            off += k
+        _, sv, vh = torch.linalg.svd(centring @ mat if demean else mat, full_matrices=False)
+        energy = sv.pow(2)
+        vecs = vh[:2]
+        coords = mat @ vecs.T  # (n - 1, 2)
+    else:
+        gram = torch.zeros(m_rows, m_rows, dtype=torch.float64, device=dev)
+        buf = torch.empty(m_rows * max(math.prod(sh) for sh in shapes.values()), dtype=torch.float64, device=dev)
+        for name in names:
+            b = block(name, buf[: m_rows * math.prod(shapes[name])].view(m_rows, -1))
+            gram += b @ b.T
+        lam, u = torch.linalg.eigh(centring @ gram @ centring)
+        lam, u = lam.flip(0).clamp_min(0), u.flip(1)
+        energy = lam
+        w = centring @ u[:, :2] / lam[:2].clamp_min(1e-300).sqrt()
+        coords = gram @ w
+        vecs = torch.empty(2, total, dtype=torch.float64, device=dev)  # v = M^T w, one tensor at a time
+        off = 0
+        for name in names:
+            k = math.prod(shapes[name])
+            b = block(name, buf[: m_rows * k].view(m_rows, -1))
+            vecs[:, off:off + k] = w.T @ b
+            off += k
+    if energy.numel() < 2 or not float(energy[1]) > 1e-24 * float(energy[0]):
+        raise DirectionError(
+            "trajectory_pca: the checkpoints' displacements from the centre span fewer than two directions, so "
+            "there is no PCA plane (are checkpoints repeated?)"
+        )
+    # fix the signs: the first non-centre checkpoint lies at coordinates <= 0
+    sign = torch.where(coords[0] > 0, -1.0, 1.0).to(torch.float64)
+    vecs, coords = vecs * sign[:, None], coords * sign
+    ratio = energy[:2] / energy.sum()
+
+    if steps is None:
+        known = [_step_of(x) for x in states]
+        steps_list = [-1 if s is None else s for s in known]
+    else:
+        steps_list = [int(s) for s in steps]
+        if len(steps_list) != n:
+            raise DirectionError(f"trajectory_pca: {len(steps_list)} steps for {n} checkpoints")
+    if labels is None:
+        distinct = len(set(steps_list)) == n and -1 not in steps_list
+        labels_list = [str(s) for s in steps_list] if distinct else [str(i) for i in range(n)]
+    else:
+        labels_list = [str(x) for x in labels]
+        if len(labels_list) != n or len(set(labels_list)) != n:
+            raise DirectionError(f"trajectory_pca: labels must be {n} distinct names, got {labels_list}")
+
+    target = {nm: tensors[c][nm] for nm in names}
+    dirs = []
+    for v in vecs:
+        d = from_flat(v, dict(shapes))
+        dirs.append({nm: t.to(device=target[nm].device, dtype=target[nm].dtype) for nm, t in d.items()})
+    points: dict[str, tuple[float, float]] = {}
+    coord_of = dict(zip(rows, coords.tolist()))
+    for i, label in enumerate(labels_list):
+        points[label] = (0.0, 0.0) if i == c else (float(coord_of[i][0]), float(coord_of[i][1]))
+    return Plane(d1=dirs[0], d2=dirs[1], points=points,
+                 explained_variance=(float(ratio[0]), float(ratio[1])), cos=cosine(dirs[0], dirs[1]),
+                 steps=dict(zip(labels_list, steps_list)), kind="trajectory", centre=labels_list[c])
 
 
 # --------------------------------------------------------------------------- datasets

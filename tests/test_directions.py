@@ -266,6 +266,7 @@ def test_plane_passes_through_all_three_checkpoints(ortho):
     a, b, c = three_models()
     p = D.plane(a, b, c, orthogonalize=ortho, labels=("A", "B", "C"))
     assert p.centre == "A" and p.kind == "plane" and p.explained_variance is None
+    assert p.steps == {"A": -1, "B": -1, "C": -1}
     assert p.points["A"] == (0.0, 0.0) and p.points["B"] == (1.0, 0.0)
     for label, m in (("A", a), ("B", b), ("C", c)):
         al, be = p.points[label]
@@ -369,5 +370,208 @@ def test_model_left_exactly_as_it_was():
 
 def test_public_api_names():
     for name in ("random_direction", "checkpoint_direction", "plane", "Plane", "DirectionError",
-                 "directions_to_dataset", "directions_from_dataset"):
+                 "directions_to_dataset", "directions_from_dataset", "momentum_direction", "gradient_direction",
+                 "eigenvector_directions", "trajectory_pca", "orthogonalize"):
         assert getattr(ls, name) is getattr(D, name)
+
+
+# ------------------------------------------------------------- momentum, gradient, Hessian
+def tiny_data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def trained(steps=3):
+    model = bn_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = tiny_data()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), opt
+
+
+def test_momentum_direction_from_a_checkpoint(tmp_path):
+    model, opt = trained()
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 1},
+               tmp_path / "a.pt")  # a plain PyTorch checkpoint
+    ckpt = ls.load_checkpoint(tmp_path / "a.pt", model=bn_net(1))
+    mom = ckpt.momentum()
+    raw = D.momentum_direction(mom, ckpt.model, normalization="none", one_d="filter")
+    for name, p in model.named_parameters():
+        assert torch.equal(raw[name], opt.state[p]["momentum_buffer"]), name
+    d = D.momentum_direction(mom, ckpt.model)  # filter-normalized against the checkpoint's weights
+    for fd, fw in zip(d["0.weight"], ckpt.model[0].weight.detach()):
+        assert math.isclose(float(fd.norm()), float(fw.norm()), rel_tol=1e-5)
+    assert torch.equal(d["1.bias"], torch.zeros(4))
+    part = D.momentum_direction({"4.weight": mom["4.weight"]}, model, normalization="none", one_d="filter")
+    assert torch.equal(part["0.weight"], torch.zeros(4, 2, 3, 3))  # no buffer: zero
+    assert list(D.momentum_direction(mom, model, params="norm", one_d="filter")) == ["1.weight", "1.bias"]
+    with pytest.raises(D.DirectionError, match="cover none"):
+        D.momentum_direction({"x": torch.ones(1)}, model)
+    with pytest.raises(D.DirectionError, match=r"momentum: parameter '4.bias' has shape \(4,\)"):
+        D.momentum_direction({"4.bias": torch.ones(4)}, model)
+
+
+def test_gradient_direction_is_the_data_set_gradient(f64):
+    model = bn_net().double().eval()
+    x, y = tiny_data()
+    x = x.double()
+    snap = snapshot(model)
+    g = D.gradient_direction(model, (x, y), normalization="none", one_d="filter", batch_size=10)
+    assert_unchanged(model, snap)
+    ref = bn_net().double().eval()
+    ref.load_state_dict(model.state_dict())
+    nn.functional.cross_entropy(ref(x), y).backward()
+    for name, p in ref.named_parameters():
+        assert torch.allclose(g[name], p.grad, atol=1e-12, rtol=1e-10), name
+    gn = D.gradient_direction(model, (x, y), params="norm", one_d="filter", normalization="layer")
+    assert list(gn) == ["1.weight", "1.bias"]
+    assert torch.equal(gn["1.bias"].abs(), model[1].bias.detach().abs())
+    assert torch.equal(torch.sign(gn["1.weight"]), torch.sign(dict(ref.named_parameters())["1.weight"].grad))
+
+
+def test_eigenvector_directions_from_a_real_hessian_result(tmp_path, f64):
+    from landscape.objective import Objective
+    from landscape.results import read_result, write_result
+
+    model, _ = trained()
+    model = model.double()
+    x, y = tiny_data()
+    data = (x.double(), y)
+    res = ls.hessian_spectrum(model, data, top_k=2, eigenvectors=True, trace=False, density=False,
+                              params="no-norm", tol=1e-8, progress=False)
+    vs = D.eigenvector_directions(model, res, k=2)
+    assert [list(v) for v in vs] == [["0.weight", "0.bias", "4.weight", "4.bias"]] * 2
+    for i, v in enumerate(vs):  # the mapping to names follows parameter_name exactly
+        for name, t in v.items():
+            stored = res.eigenvectors.isel(k=i).where(res.parameter_name == name, drop=True).values
+            assert torch.equal(t.reshape(-1), torch.from_numpy(stored)), name
+    obj = Objective(model, data, params="no-norm")
+    for lam, v in zip(res.eigenvalues.values, vs):
+        flat = D.to_flat(v, list(obj.names))
+        assert math.isclose(D.norm(v), 1.0, rel_tol=1e-9)
+        assert torch.allclose(obj.hvp(flat), float(lam) * flat, atol=1e-5)
+    # through a netCDF result file (length-1 run/step dimensions) and with the group checked
+    path = write_result(res, tmp_path / "hessian-0123456789.nc", analysis="hessian", run="r", step=3,
+                        checkpoint="a.pt", checkpoint_sha256="0" * 64, options_hash="0123456789")
+    back = D.eigenvector_directions(model, read_result(path), k=1, params="no-norm")
+    assert all(torch.equal(back[0][k], vs[0][k]) for k in vs[0])
+    with pytest.raises(D.DirectionError, match="not group 'all'"):
+        D.eigenvector_directions(model, res, params="all")
+    with pytest.raises(D.DirectionError, match="k=3 but only 2"):
+        D.eigenvector_directions(model, res, k=3)
+    with pytest.raises(D.DirectionError, match="eigenvectors=True"):
+        D.eigenvector_directions(model, res.drop_vars("eigenvectors"))
+    with pytest.raises(D.DirectionError, match="entries but the group has"):
+        D.eigenvector_directions(model, torch.zeros(2, 5))
+    flat = D.eigenvector_directions(model, torch.from_numpy(res.eigenvectors.values), params="no-norm")
+    assert all(torch.equal(flat[1][k], vs[1][k]) for k in vs[1])
+
+
+# --------------------------------------------------------------------------- trajectory
+def trajectory_states(n=6, in_plane=False, seed=0):
+    base = bn_net(seed).double()
+    names = [nm for nm, _ in base.named_parameters()]
+    c = D.to_flat(dict(base.named_parameters()), names)
+    g = torch.Generator().manual_seed(seed)
+    P = c.numel()
+    if in_plane:
+        e = torch.randn(2, P, generator=g, dtype=torch.float64)  # not orthogonal, not unit
+        ab = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        ab[-1] = 0  # the final checkpoint is the centre
+        flats = [c + ab[i] @ e for i in range(n)]
+    else:
+        flats = [c + 0.1 * torch.randn(P, generator=g, dtype=torch.float64) * (n - i) for i in range(n - 1)] + [c]
+    shapes = {nm: p.shape for nm, p in base.named_parameters()}
+    return base, [D.from_flat(f, shapes) for f in flats], torch.stack(flats)
+
+
+def test_trajectory_in_a_plane_is_reproduced_exactly():
+    base, states, flats = trajectory_states(in_plane=True)
+    p = D.trajectory_pca(states, model=base)
+    assert p.kind == "trajectory" and p.centre == "5" and p.points["5"] == (0.0, 0.0)
+    assert math.isclose(D.norm(p.d1), 1, rel_tol=1e-12) and math.isclose(D.norm(p.d2), 1, rel_tol=1e-12)
+    assert abs(p.cos) < 1e-12
+    assert math.isclose(sum(p.explained_variance), 1.0, rel_tol=1e-12)
+    d1, d2 = D.to_flat(p.d1, base), D.to_flat(p.d2, base)
+    for i in range(len(states)):
+        al, be = p.points[str(i)]
+        assert torch.allclose(flats[-1] + al * d1 + be * d2, flats[i], atol=1e-10, rtol=0), i
+    # the first checkpoint is at coordinates <= 0 (signs fixed)
+    assert p.points["0"][0] <= 0 and p.points["0"][1] <= 0
+
+
+@pytest.mark.parametrize("demean", [False, True])
+@pytest.mark.parametrize("gram", [False, True])
+def test_trajectory_pca_coordinates_are_the_projections(monkeypatch, demean, gram):
+    import numpy as np
+
+    if gram:
+        monkeypatch.setattr(D, "_SVD_MAX_ENTRIES", 0)
+    base, states, flats = trajectory_states(n=7)
+    p = D.trajectory_pca(states, model=base, demean=demean, steps=[0, 10, 20, 30, 40, 50, 60])
+    assert list(p.points) == ["0", "10", "20", "30", "40", "50", "60"] and p.steps["30"] == 30
+    m = (flats[:-1] - flats[-1]).numpy()
+    a = m - m.mean(0) if demean else m
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    d = np.stack([D.to_flat(p.d1, base).numpy(), D.to_flat(p.d2, base).numpy()])
+    for k in range(2):  # the top right singular vectors, up to sign
+        assert abs(abs(float(d[k] @ vt[k])) - 1) < 1e-9
+    np.testing.assert_allclose(p.explained_variance, (s[:2] ** 2) / (s**2).sum(), rtol=1e-9)
+    for i in range(6):  # coordinates = projections of theta_i - theta_centre
+        np.testing.assert_allclose(p.points[str(10 * i)], d @ m[i], rtol=1e-9, atol=1e-12)
+
+
+def test_trajectory_pca_centre_labels_checkpoints_and_errors():
+    from types import SimpleNamespace
+
+    base, states, flats = trajectory_states(n=5)
+    models = []
+    for i, s in enumerate(states):
+        m = bn_net().double()
+        m.load_state_dict(s, strict=False)
+        models.append(SimpleNamespace(model=m, step=100 * i))
+    p = D.trajectory_pca(models, centre=0, params="weights")
+    assert p.centre == "0" and list(p.d1) == ["0.weight", "4.weight"]
+    assert p.steps == {"0": 0, "100": 100, "200": 200, "300": 300, "400": 400}
+    assert D.plane(*models[:3]).steps == {"a": 0, "b": 100, "c": 200}  # Checkpoints' steps
+    q = D.trajectory_pca(models, labels=list("abcde"))
+    assert list(q.points) == list("abcde") and q.centre == "e"
+    with pytest.raises(D.DirectionError, match="at least 3"):
+        D.trajectory_pca(states[:2], model=base)
+    with pytest.raises(D.DirectionError, match="state dicts"):
+        D.trajectory_pca(states)
+    other = nn.Sequential(nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 16, 3))
+    with pytest.raises(D.DirectionError, match=r"parameter '0.weight' has shape \(5, 2, 3, 3\) in checkpoint 2"):
+        D.trajectory_pca([models[0], models[1], other, models[3]], centre=0)
+    line = [D.from_flat(flats[-1] + t * (flats[0] - flats[-1]), dict(states[0])) for t in (1.0, 0.5, 0.25, 0.0)]
+    with pytest.raises(D.DirectionError, match="fewer than two directions"):
+        D.trajectory_pca(line, model=base)
+
+
+def test_new_sources_leave_the_model_as_it_was():
+    model, opt = trained()
+    model.train()
+    snap = snapshot(model)
+    mom = {n: opt.state[p]["momentum_buffer"] for n, p in model.named_parameters()}
+    D.momentum_direction(mom, model)
+    D.gradient_direction(model, tiny_data(), bn_mode="train")
+    D.eigenvector_directions(model, torch.eye(D.to_flat(D.random_direction(model), model).numel())[:2])
+    D.trajectory_pca([model, bn_net(1), bn_net(2), bn_net(3)], centre=0)
+    assert_unchanged(model, snap)
+
+
+def test_readme_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("### Loss-landscape directions (`landscape.directions`)", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)  # noqa: S102
+    traj, again = env["traj"], env["again"]
+    assert traj.kind == "trajectory" and len(again) == 2
+    assert all(torch.equal(again[0][k], traj.d1[k]) for k in traj.d1)
+    assert abs(D.cosine(env["d1"], env["d2"])) < 1e-6
