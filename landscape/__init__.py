@@ -69,6 +69,8 @@ _API: dict[str, str] = {
     "loss_slice": "landscape.analyses.slices",
     "combine_parts": "landscape.analyses.slices",
     "LossSliceOptions": "landscape.analyses.slices",
+    "slice_analysis": "landscape.analyses.slices",
+    "SliceOptions": "landscape.analyses.slices",
     "norm_params": "landscape.analyses.norm_params",
     "NormParamsOptions": "landscape.analyses.norm_params",
     "hutchpp": "landscape.analyses.trace",

@@ -571,7 +571,10 @@ def analyze(
     summary = Summary(out=out, rejected=rejected)
     # The model spec is part of what a result depends on; hashes without one stay as they were.
     hashed_data = {**data_opts.to_dict(), **({"model": model_json} if model_json is not None else {})}
-    hashes = {n: results.options_hash(n, resolved[n], hashed_data) for n in names}
+    # An analysis whose options split into several tasks (a slice in parts: `split_tasks`) gets
+    # one task, hash and result file per piece, so the pieces resume and spread over workers.
+    pieces = {n: _split(resolved[n]) for n in names}
+    hashes = {(n, i): results.options_hash(n, o, hashed_data) for n in names for i, o in enumerate(pieces[n])}
     entries = {n: registry.entry_spec(n) for n in names}
     sha_cache: dict[Path, str | None] = {}
 
@@ -587,10 +590,10 @@ def analyze(
 
     tasks: list[Task] = []
     for ck, run in ckpts:
-        for n in names:
-            path = results.result_path(out, run, ck, n, hashes[n])
-            task = Task(checkpoint=str(ck.resolve()), run=run, analysis=n, result=str(path), hash=hashes[n],
-                        options=resolved[n].to_dict(), data=data_opts.to_dict(), entry=entries[n],
+        for n, i in hashes:
+            path = results.result_path(out, run, ck, n, hashes[n, i])
+            task = Task(checkpoint=str(ck.resolve()), run=run, analysis=n, result=str(path), hash=hashes[n, i],
+                        options=pieces[n][i].to_dict(), data=data_opts.to_dict(), entry=entries[n],
                         skip_existing=skip_existing, threads=threads, device=device, model=model_json,
                         search_paths=tuple(paths))
             if skip_existing and path.exists():
@@ -626,6 +629,13 @@ def analyze(
     if summary.write_error:
         log.error("%s", summary.write_error)
     return summary
+
+
+def _split(options: Any) -> list[Any]:
+    """The options of each task an analysis' options stand for: ``options.split_tasks()`` when
+    the options class has it (slices in parts), else ``[options]``."""
+    split = getattr(options, "split_tasks", None)
+    return list(split()) if callable(split) else [options]
 
 
 def _driver_search_paths(items: list[Any], extra: Iterable[PathLike]) -> list[str]:

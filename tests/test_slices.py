@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -288,3 +289,127 @@ def test_directions_kept_and_reused_on_another_model():
     again = loss_slice(other, (x, y), back, grid=3, progress=False)
     _check_against_loop(again, other, x, y, dirs, "eval", 256)
     assert "direction_vector" not in loss_slice(model, (x, y), dirs, grid=3, keep_directions=False, progress=False)
+
+
+DATA = {"dataset": "synthetic", "dataset_kwargs": {"num_samples": 24, "input_shape": [4], "num_classes": 3, "seed": 1}}
+
+
+def _checkpoints(root, momentum=True):
+    from landscape.checkpoint import save_checkpoint
+    from landscape.models import build_model
+
+    for i in range(2):
+        torch.manual_seed(i)
+        m = build_model("mlp", input_shape=(4,), num_classes=3, width=6, depth=2, norm="batch")
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        save_checkpoint(root / "run" / f"epoch_{i}.pt", m, optimizer=opt if momentum else None, step=10 * i,
+                        epoch=i, config=DATA)
+    return root
+
+
+def test_registered_slice_runs_through_analyze(tmp_path):
+    import landscape
+    from landscape.analyses.slices import slice_analysis
+    from landscape.checkpoint import load_checkpoint
+    from landscape.results import find_results, open_results, read_result
+
+    ckpts = _checkpoints(tmp_path / "ck")
+    opts = {"slice": {"kind": "momentum", "ndim": 2, "grid": ["-1:1:3", "-1:1:5"], "batch_size": 8}}
+    s = landscape.analyze(ckpts, "slice", options=opts, out=tmp_path / "res", progress=False)
+    assert s.counts() == {"done": 2, "skipped": 0, "failed": 0}, s.failed
+    ds = open_results(tmp_path / "res", "slice")
+    assert ds.loss.dims[-2:] == ("alpha", "beta") and ds.sizes["step"] == 2
+    assert ds.attrs["direction_kind"] == "momentum" and ds.attrs["bn_mode"] == "eval"
+    # the file's slice is the function's on the same checkpoint and data
+    ck = load_checkpoint(ckpts / "run" / "epoch_1.pt")
+    data = landscape.get_dataset("synthetic", "train", augment=False, **DATA["dataset_kwargs"])
+    direct = slice_analysis(ck.model, data, ck.momentum, kind="momentum", ndim=2, grid=["-1:1:3", "-1:1:5"],
+                            batch_size=8, progress=False)
+    np.testing.assert_allclose(ds.loss.sel(run="run", step=10).values, direct.loss.values, rtol=1e-6)
+    # parts: one task and one file per part, resumable, combined to the whole slice
+    opts["slice"]["parts"] = 2
+    s = landscape.analyze(ckpts, "slice", options=opts, out=tmp_path / "res", progress=False)
+    assert s.counts()["done"] == 4
+    again = landscape.analyze(ckpts, "slice", options=opts, out=tmp_path / "res", progress=False)
+    assert again.counts() == {"done": 0, "skipped": 4, "failed": 0}
+    groups = find_results(tmp_path / "res", "slice")
+    assert len(groups) == 3  # the unsplit slice and its two parts
+    files = [f for fs in groups.values() for f in fs if "epoch_1" in str(f)]
+    parts = [read_result(f) for f in files if read_result(f).attrs["part"] >= 0]
+    joined = combine_parts(parts)
+    np.testing.assert_allclose(joined.loss.squeeze(("run", "step")).values, direct.loss.values, rtol=1e-6)
+
+
+def _flat(d, model):
+    return torch.cat([d[n].reshape(-1) if n in d else torch.zeros(p.numel(), dtype=p.dtype)
+                      for n, p in model.named_parameters()])
+
+
+def test_slice_analysis_direction_kinds():
+    from landscape.analyses.slices import slice_analysis
+    from landscape.directions import normalize
+
+    model, x, y = _setup()
+    raw = {"normalization": "none", "one_d": "filter", "grid": 3, "batch_size": 8, "progress": False}
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss_of(t):
+        ps = dict(zip(names, [v.view(s) for v, s in zip(t.split([s.numel() for s in shapes]), shapes)]))
+        return F.cross_entropy(torch.func.functional_call(model.eval(), ps, (x,)), y)
+
+    # gradient: the data-set gradient itself (normalization none)
+    ds = slice_analysis(model, (x, y), kind="gradient", **raw)
+    g = torch.autograd.grad(loss_of(theta.clone().requires_grad_()), [])[0] if False else         torch.func.grad(loss_of)(theta)
+    got = torch.from_numpy(ds.direction_vector.values[0])
+    torch.testing.assert_close(got, g, rtol=1e-10, atol=1e-12)
+    # eigenvector: the top eigenvector of the dense float64 Hessian (up to sign)
+    H = torch.autograd.functional.hessian(loss_of, theta)
+    lam, vec = torch.linalg.eigh(H)
+    ds = slice_analysis(model, (x, y), kind="eigenvector", eigen_tol=1e-8, **raw)
+    v = torch.from_numpy(ds.direction_vector.values[0])
+    assert abs(float(v @ vec[:, -1])) == pytest.approx(1.0, abs=1e-6)
+    # momentum: the normalized buffers; 2-D adds a seeded random d2, the same for the same seed
+    mom = {n: torch.randn(p.shape, dtype=p.dtype) for n, p in model.named_parameters()}
+    ds = slice_analysis(model, (x, y), mom, kind="momentum", ndim=2, grid=3, batch_size=8, progress=False)
+    want = _flat(normalize(mom, model), model)
+    torch.testing.assert_close(torch.from_numpy(ds.direction_vector.values[0]), want)
+    assert ds.attrs["normalization"] == "filter" and ds.attrs["one_d"] == "ignore"
+    with pytest.raises(SliceError, match="momentum buffers"):
+        slice_analysis(model, (x, y), None, kind="momentum", grid=3, progress=False)
+    # random: seeded, two different directions, orthogonalized on request
+    a = slice_analysis(model, (x, y), kind="random", ndim=2, grid=3, seed=4, progress=False)
+    b = slice_analysis(model, (x, y), kind="random", ndim=2, grid=3, seed=4, orthogonalize=True, progress=False)
+    np.testing.assert_array_equal(a.direction_vector.values[0], b.direction_vector.values[0])
+    assert abs(float(a.cos_d1_d2)) > 1e-3 and abs(float(b.cos_d1_d2)) < 1e-12
+    c = slice_analysis(model, (x, y), kind="random", ndim=2, grid=3, seed=5, progress=False)
+    assert not np.array_equal(a.direction_vector.values, c.direction_vector.values)
+    assert json.loads(a.attrs["config_json"])["kind"] == "random"
+
+
+def test_momentum_kind_without_optimizer_state_fails_only_that_kind(tmp_path):
+    import landscape
+
+    ckpts = _checkpoints(tmp_path / "ck", momentum=False)
+    s = landscape.analyze(ckpts, "slice", options={"slice": {"kind": "momentum", "grid": 3}}, out=tmp_path / "r",
+                          progress=False)
+    assert s.counts()["failed"] == 2 and "no optimizer state" in s.failed[0]["error"]
+    s = landscape.analyze(ckpts, "slice", options={"slice": {"kind": "random", "grid": 3}}, out=tmp_path / "r",
+                          progress=False)
+    assert s.counts()["done"] == 2
+
+
+def test_float32_model_evaluated_in_float64_copies():
+    model, x, y = _setup()
+    dirs = _dirs(model, 1)
+    f32 = copy.deepcopy(model).float()
+    ds = loss_slice(f32, (x.float(), y), {n: d.float() for n, d in dirs[0].items()}, grid=3, bn_mode="recompute",
+                    batch_size=8, dtype="float64", progress=False)
+    ref = loss_slice(copy.deepcopy(f32).double(), (x.float().double(), y), {n: d.float().double() for n, d in dirs[0].items()}, grid=3,
+                     bn_mode="recompute", batch_size=8, progress=False)
+    np.testing.assert_allclose(ds.loss.values, ref.loss.values, rtol=1e-12)
+    assert ds.attrs["num_parameters"] == sum(p.numel() for p in model.parameters())

@@ -390,6 +390,12 @@ register_analysis(
     description="curvature and slope along the momentum, gradient and random directions (MSAM A.4)",
 )
 register_analysis(
+    "slice", "landscape.analyses.slices:slice_analysis", "landscape.analyses.slices:SliceOptions",
+    extra_inputs="landscape.analyses.slices:slice_inputs",
+    description="loss and accuracy on a 1-D/2-D slice along random, momentum, gradient or Hessian-eigenvector "
+                "directions (Li et al. 2018)",
+)
+register_analysis(
     "norm_params", "landscape.analyses.norm_params:norm_params", "landscape.analyses.norm_params:NormParamsOptions",
     needs_data=False,
     description="per-layer statistics and histograms of normalization gamma/beta",

@@ -71,12 +71,17 @@ from landscape.progress import Progress
 
 __all__ = [
     "BN_MODES",
-    "LossSliceOptions",
+    "KINDS",
     "METRICS",
+    "LossSliceOptions",
     "SliceError",
+    "SliceOptions",
     "combine_parts",
     "grid_axes",
     "loss_slice",
+    "slice_analysis",
+    "slice_directions",
+    "slice_inputs",
 ]
 
 BN_MODES = ("eval", "recompute", "batch")
@@ -305,12 +310,10 @@ def _stat_modules(model: nn.Module) -> list[tuple[str, _NormBase]]:
 
 
 @contextlib.contextmanager
-def _cumulative(mods: list[tuple[str, _NormBase]]) -> Iterator[None]:
-    """``momentum=None`` (cumulative averaging) for the block; the modules' own values restored."""
+def _momenta_restored(mods: list[tuple[str, _NormBase]]) -> Iterator[None]:
+    """The modules' ``momentum`` values are put back after the block (also on errors)."""
     saved = [m.momentum for _, m in mods]
     try:
-        for _, m in mods:
-            m.momentum = None
         yield
     finally:
         for (_, m), mom in zip(mods, saved):
@@ -327,8 +330,12 @@ def _recomputed(obj: Objective, theta: Tensor, mods: list[tuple[str, _NormBase]]
         bufs[p + "running_var"].fill_(1.0)
         if p + "num_batches_tracked" in bufs:
             bufs[p + "num_batches_tracked"].zero_()
-    with _cumulative(mods):
+    with _momenta_restored(mods):
         for i in range(batches):
+            # momentum 1/(i+1) at batch i is exact cumulative averaging (what momentum=None does,
+            # without reading num_batches_tracked back from the device at every batch)
+            for _, m in mods:
+                m.momentum = 1.0 / (i + 1)
             obj.forward(theta, i, buffers=bufs, bn_train=True)
             obj.calls["logits"] += 1  # forward-only passes, counted like Objective.logits
     return bufs
@@ -435,9 +442,11 @@ def loss_slice(
         ``direction_kind``, ``normalization``, ``one_d``, ``part``, ``parts`` and the common stamp.
 
     Raises:
-        SliceError: a grid without points, directions whose names or shapes do not fit the model
-            (the message names the parameter and both shapes).
-        ConfigError: an unknown ``bn_mode`` / metric or another bad option (listing what is accepted).
+        ConfigError: a grid without points, an unknown ``bn_mode`` / metric or another bad option
+            (the message lists what is accepted).
+        SliceError: directions whose names or shapes do not fit the model (the message names the
+            parameter and both shapes), a grid with per-axis specs for the wrong number of axes,
+            an empty part.
 
     Example:
         >>> import torch
@@ -453,11 +462,11 @@ def loss_slice(
     values = dict(locals())
     values["metrics"] = tuple(metrics) if not isinstance(metrics, str) else (metrics,)
     opts, objects = make_options(LossSliceOptions, values)
-    obj = Objective.from_options(model, data, opts, **objects)
     plane = directions if _is_plane(directions) else None
     dirs = _direction_list(directions)
     ndim = len(dirs)
-    axes = grid_axes(opts.grid, ndim)
+    axes = grid_axes(opts.grid, ndim)  # bad grids and directions are refused before the data are staged
+    obj = Objective.from_options(model, data, opts, **objects)
     D = _flat_directions(obj, dirs, opts.params)
     if points is None and plane is not None and getattr(plane, "points", None):
         steps = getattr(plane, "steps", None) or {}
@@ -655,3 +664,169 @@ def combine_parts(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
             out.attrs[key] = int(sum(int(ds.attrs.get(key, 0)) for ds in parts))
     out.attrs.update(part=-1, config_json=json.dumps(first, sort_keys=True, default=list))
     return out
+
+
+# ----------------------------------------------------------------------------- the registered analysis
+
+KINDS = ("random", "momentum", "gradient", "eigenvector")
+
+
+@dataclass(frozen=True)
+class SliceOptions(LossSliceOptions):
+    """Options of :func:`slice_analysis`, the registered ``slice`` analysis (same names, same
+    defaults): the slice options of :class:`LossSliceOptions` plus how the directions are made.
+
+    ``kind``: ``"random"`` (seeded Gaussian, Li et al.), ``"momentum"`` (the checkpoint's
+    optimizer momentum, MSAM Fig. 4), ``"gradient"`` (the data-set gradient) or
+    ``"eigenvector"`` (top Hessian eigenvectors by Lanczos, to relative residual
+    ``eigen_tol``); ``ndim``: 1 or 2 (2-D: ``d2`` is a seeded random direction for momentum and
+    gradient, the second eigenvector for eigenvector); ``normalization`` / ``one_d``: how every
+    direction is normalized (:func:`landscape.directions.normalize`; ``"none"`` keeps a raw
+    gradient or a unit eigenvector); ``orthogonalize``: Gram-Schmidt ``d2`` against ``d1``
+    after normalizing; ``seed``: the random directions.
+
+    Example:
+        >>> SliceOptions.from_dict({"kind": "eigenvector", "ndim": 2, "grid": "-0.5:0.5:11"}).ndim
+        2
+    """
+
+    kind: Literal["random", "momentum", "gradient", "eigenvector"] = "random"
+    ndim: Literal[1, 2] = 1
+    normalization: Literal["filter", "layer", "model", "none"] = "filter"
+    one_d: Literal["ignore", "filter"] = "ignore"
+    orthogonalize: bool = False
+    seed: int = 0
+    eigen_tol: float = 1e-3
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.eigen_tol > 0, f"SliceOptions.eigen_tol must be > 0, got {self.eigen_tol!r}")
+        if _per_axis(self.grid):
+            check(len(self.grid) == self.ndim,
+                  f"SliceOptions.grid has {len(self.grid)} per-axis specs but ndim={self.ndim}")
+
+
+def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, **objects) -> list[dict[str, Tensor]]:
+    """The ``opts.ndim`` directions of ``opts.kind`` at ``model`` (see :class:`SliceOptions`).
+
+    ``momentum``: the buffers by name, or a zero-argument function returning them (called only
+    for ``kind="momentum"``); ``objects``: objective overrides (a loss callable, ``batch_fn``).
+    """
+    from landscape import directions as dr
+
+    norm = {"normalization": opts.normalization, "one_d": opts.one_d}
+
+    def random(generator: torch.Generator) -> dict[str, Tensor]:
+        return dr.random_direction(model, params=opts.params, generator=generator, **norm)
+
+    gen = torch.Generator().manual_seed(int(opts.seed))
+    if opts.kind == "random":
+        dirs = [random(gen) for _ in range(opts.ndim)]
+    elif opts.kind == "momentum":
+        buffers = momentum() if callable(momentum) else momentum
+        if not buffers:
+            raise SliceError("kind='momentum' needs the optimizer's momentum buffers (Checkpoint.momentum()); "
+                             "none were given")
+        dirs = [dr.momentum_direction(buffers, model, params=opts.params, **norm)]
+    elif opts.kind == "gradient":
+        kwargs = {k: v for k, v in opts.objective_kwargs().items() if k != "params"}
+        kwargs.update(objects)
+        dirs = [dr.gradient_direction(model, data, params=opts.params, **norm, **kwargs)]
+    else:
+        from landscape.analyses.lanczos import lanczos
+
+        obj = Objective.from_options(model, data, opts, **objects)
+        if opts.ndim > obj.numel:
+            raise SliceError(f"kind='eigenvector' with ndim={opts.ndim} needs a group of at least {opts.ndim} "
+                             f"parameters; {opts.params!r} has {obj.numel}")
+        eig = lanczos(obj.hvp_operator(method="auto"), obj.numel, k=opts.ndim, tol=opts.eigen_tol, seed=gen,
+                      eigenvectors=True, device=obj.device)
+        vectors = dr.eigenvector_directions(model, eig.eigenvectors, k=opts.ndim, params=opts.params)
+        dirs = [dr.normalize(v, model, **norm) for v in vectors]
+    if opts.kind in ("momentum", "gradient") and opts.ndim == 2:
+        dirs.append(random(gen))
+    if opts.orthogonalize and len(dirs) == 2:
+        dirs = list(dr.orthogonalize(dirs[0], dirs[1]))
+    return dirs
+
+
+def slice_analysis(
+    model: nn.Module,
+    data,
+    momentum: Mapping[str, Tensor] | Callable[[], Mapping[str, Tensor]] | None = None,
+    *,
+    batch_size: int | None = 256,
+    max_samples: int | None = None,
+    bn_mode: str = "eval",
+    loss: str | Callable = "ce",
+    logit_normalize: bool = False,
+    params: str = "all",
+    dtype: str | torch.dtype | None = None,
+    batch_fn: str | Callable | None = None,
+    output_fn: str | Callable | None = None,
+    grid: Any = "-1:1:21",
+    metrics: Sequence[str] = ("loss", "accuracy"),
+    recompute_batches: int | None = None,
+    part: int | None = None,
+    parts: int = 1,
+    vmap: bool = False,
+    vmap_chunk: int = 16,
+    autocast: str | None = None,
+    keep_directions: bool = True,
+    kind: str = "random",
+    ndim: int = 1,
+    normalization: str = "filter",
+    one_d: str = "ignore",
+    orthogonalize: bool = False,
+    seed: int = 0,
+    eigen_tol: float = 1e-3,
+    progress: bool = True,
+) -> xr.Dataset:
+    """A slice through ``model`` along directions it makes itself: the registered ``slice`` analysis.
+
+    :func:`slice_directions` makes the directions (seeded random, momentum, gradient or top
+    Hessian eigenvectors; Li et al. 2018, arXiv 1712.09913; MSAM Fig. 4 for momentum), then
+    :func:`loss_slice` evaluates them; the result is :func:`loss_slice`'s, with
+    ``attrs["direction_kind"] = kind`` and these options in ``config_json``. In batch runs
+    (``landscape analyze -a slice``) ``momentum`` comes from each checkpoint; ``parts > 1``
+    becomes one task (and one result file) per part.
+
+    Args:
+        model: the network (never modified).
+        data: any form of :mod:`landscape.inputs`.
+        momentum: momentum buffers by parameter name, or a function returning them (only used
+            for ``kind="momentum"``).
+        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
+            output_fn, grid, metrics, recompute_batches, part, parts, vmap, vmap_chunk,
+            autocast, keep_directions: as in :func:`loss_slice`.
+        kind, ndim, normalization, one_d, orthogonalize, seed, eigen_tol: the directions
+            (:class:`SliceOptions`).
+        progress: progress bar / log lines; ``False``: silent.
+
+    Returns:
+        The :func:`loss_slice` Dataset.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
+        >>> x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+        >>> ds = slice_analysis(m, (x, y), kind="eigenvector", ndim=2, grid=3, normalization="none",
+        ...                     one_d="filter", progress=False)  # raw unit eigenvectors
+        >>> ds.attrs["direction_kind"], ds.loss.shape, abs(float(ds.cos_d1_d2)) < 1e-4
+        ('eigenvector', (3, 3), True)
+    """
+    opts, objects = make_options(SliceOptions, locals())
+    dirs = slice_directions(model, data, opts, momentum, **objects)
+    slice_kwargs = {f: getattr(opts, f) for f in LossSliceOptions.__dataclass_fields__}
+    slice_kwargs.update(objects)
+    ds = loss_slice(model, data, dirs, direction_kind=opts.kind, normalization=opts.normalization,
+                    one_d=opts.one_d, progress=progress, **slice_kwargs)
+    ds.attrs["config_json"] = opts.to_json()
+    return ds
+
+
+def slice_inputs(checkpoint) -> dict[str, Any]:
+    """Registry hook: the checkpoint's momentum, read only if ``kind="momentum"`` asks for it
+    (a checkpoint without optimizer state still serves the other kinds)."""
+    return {"momentum": checkpoint.momentum}
