@@ -262,36 +262,24 @@ def _directions(kind: str, ndim: int, model, ckpts, data, args, loss) -> tuple[A
         steps = dict(zip(labels, (x.step for x in ckpts)))
         return pl, {k: (v[0], v[1], steps[k]) for k, v in pl.points.items()}, "none"
     if kind == "trajectory":
-        if not hasattr(D, "trajectory_pca"):  # pragma: no cover - lands with the directions stream
-            raise ConfigError("--trajectory needs landscape.directions.trajectory_pca, which this version lacks")
         try:
             pl = D.trajectory_pca([c.model for c in ckpts], centre=-1, params=args.params,
-                                  steps=[c.step for c in ckpts])
+                                  steps=[c.step for c in ckpts], labels=labels)
         except D.DirectionError as e:
             raise D.DirectionError(f"--trajectory {args.trajectory}: {e}") from None
-        names = list(pl.points)
-        # trajectory_pca labels points by position; the figure shows the checkpoint names
-        rename = dict(zip(names, labels)) if len(names) == len(labels) else {n: n for n in names}
-        steps = dict(zip(names, (c.step for c in ckpts)))
-        steps.update({k: int(v) for k, v in (getattr(pl, "steps", None) or {}).items()})
-        return pl, {rename[k]: (v[0], v[1], steps.get(k, -1)) for k, v in pl.points.items()}, "none"
+        return pl, {k: (v[0], v[1], int(pl.steps.get(k, -1))) for k, v in pl.points.items()}, "none"
 
     # one checkpoint
     first: dict
     if kind == "random":
         first = random()
     elif kind == "momentum":
-        if not hasattr(D, "momentum_direction"):  # pragma: no cover
-            raise ConfigError("--direction momentum needs landscape.directions.momentum_direction")
         first = D.momentum_direction(ckpts[0].momentum(), model, params=args.params, **norm_kwargs)
     elif kind == "gradient":
-        if not hasattr(D, "gradient_direction"):  # pragma: no cover
-            raise ConfigError("--direction gradient needs landscape.directions.gradient_direction")
         first = D.gradient_direction(model, data, params=args.params, loss=loss, batch_size=args.batch_size,
-                                     max_samples=args.max_samples, **norm_kwargs)
+                                     max_samples=args.max_samples,
+                                     bn_mode="train" if args.bn_mode == "batch" else "eval", **norm_kwargs)
     else:  # eigenvector
-        if not hasattr(D, "eigenvector_directions"):  # pragma: no cover
-            raise ConfigError("--direction eigenvector needs landscape.directions.eigenvector_directions")
         from landscape.analyses.hessian import hessian_spectrum
 
         spec = hessian_spectrum(model, data, top_k=ndim, eigenvectors=True, trace=False, density=False,

@@ -125,7 +125,6 @@ def test_plane_passes_through_the_three_checkpoints(run, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["slice_contour.png", "slice_surface.png"]
 
 
-@pytest.mark.skipif(not hasattr(D, "trajectory_pca"), reason="landscape.directions.trajectory_pca not merged yet")
 def test_trajectory_plane_of_a_run(run, tmp_path, capsys):
     rc, path = _slice(tmp_path, "--trajectory", run["folder"], "--grid", "5", "--plot", "--formats", "png")
     assert rc == 0, capsys.readouterr().err
@@ -139,12 +138,36 @@ def test_trajectory_plane_of_a_run(run, tmp_path, capsys):
     assert "slice_trajectory" in {p.name.split("-")[0] for p in path.parent.glob("*.png")}
 
 
-@pytest.mark.skipif(not hasattr(D, "momentum_direction"), reason="landscape.directions.momentum_direction not merged yet")
-def test_momentum_direction_1d(run, tmp_path, capsys):
-    rc, path = _slice(tmp_path, run["ckpts"][1], "--direction", "momentum", "--ndim", "1", "--grid", "3")
+def test_momentum_gradient_and_eigenvector_directions(run, tmp_path, capsys):
+    a = run["ckpts"][1]
+    rc, path = _slice(tmp_path / "m", a, "--direction", "momentum", "--ndim", "1", "--grid", "3")
     assert rc == 0, capsys.readouterr().err
-    ds = read_result(path)
-    assert ds.attrs["direction_kind"] == "momentum" and ds.loss.dims == ("run", "step", "alpha")
+    ds = read_result(path).isel(run=0, step=0)
+    assert ds.attrs["direction_kind"] == "momentum" and ds.loss.dims == ("alpha",)
+    mom = load_checkpoint(a).momentum()
+    d = D.momentum_direction(mom, load_checkpoint(a).model)
+    assert float(ds.direction_norm.sel(direction="d1")) == pytest.approx(D.norm(d), rel=1e-5)
+    # the gradient direction: the loss rises along +alpha and falls along -alpha
+    h = 1e-3
+    rc, path = _slice(tmp_path / "g", a, "--direction", "gradient", "--ndim", "1", "--grid", f"{-h}:{h}:3",
+                      "--normalization", "none")
+    assert rc == 0, capsys.readouterr().err
+    loss = read_result(path).isel(run=0, step=0).loss.values
+    assert loss[0] < loss[1] < loss[2]
+    # the top Hessian eigenvector (unit norm), stored with the result: that of a float64 Hessian
+    rc, path = _slice(tmp_path / "e", a, "--direction", "eigenvector", "--ndim", "1", "--grid", "3")
+    assert rc == 0, capsys.readouterr().err
+    ds = read_result(path).isel(run=0, step=0)
+    assert ds.attrs["direction_kind"] == "eigenvector"
+    assert float(ds.direction_norm.sel(direction="d1")) == pytest.approx(1.0, rel=1e-5)
+    from landscape.analyses.hessian import hessian_spectrum
+
+    ref = hessian_spectrum(load_checkpoint(a).model, _data(), top_k=1, eigenvectors=True, trace=False,
+                           density=False, progress=False, dtype="float64")
+    v = ref.eigenvectors.isel(k=0).values
+    stored = D.directions_from_dataset(ds, load_checkpoint(a).model)[0]
+    flat = D.to_flat(stored, load_checkpoint(a).model).double().numpy()
+    assert abs(float(flat @ v) / (np.linalg.norm(flat) * np.linalg.norm(v))) > 0.999
 
 
 def test_batchnorm_interpolation_is_explicit_about_its_statistics(run, tmp_path, capsys):
