@@ -108,10 +108,8 @@ def _at(ds: xr.Dataset, run: str, step: int) -> xr.Dataset:
     for dim in ("alpha", "beta"):
         if dim in loss.dims:
             other = [x for x in loss.dims if x != dim]
-            keep = np.isfinite(loss.values.astype(float)) if not other else None
-            if other:
-                keep = np.isfinite(loss.transpose(dim, *other).values.astype(float)).reshape(loss.sizes[dim], -1).any(1)
-            d = d.isel({dim: np.flatnonzero(keep)})
+            finite = np.isfinite(loss.transpose(dim, *other).values.astype(float))
+            d = d.isel({dim: np.flatnonzero(finite.reshape(loss.sizes[dim], -1).any(1))})
             loss = d["loss"]
     if d["loss"].size == 0:
         raise PlotError(f"the slice of run {run!r} at step {step} holds no finite loss")
