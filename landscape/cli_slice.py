@@ -102,8 +102,8 @@ def add_slice_parser(subparsers) -> argparse.ArgumentParser:
                    help="a run folder: the PCA plane of its checkpoints (centre: the last); no CKPT then")
     p.add_argument("--grid", default=None, metavar="LO:HI:NUM[,LO:HI:NUM]",
                    help="grid of every axis (or alpha,beta): LO:HI:NUM or NUM points on [-1, 1]; default "
-                        "-1:1:21 (one checkpoint), -0.5:1.5:41 (two), -0.5:1.5:21 (three), the trajectory's "
-                        "extent with a margin (--trajectory); 0 is always a point")
+                        "-1:1:21 (one checkpoint), -0.5:1.5:41 (two), -0.5:1.5:21 (three), 21 points over the "
+                        "trajectory's extent with a margin (--trajectory; NUM sets the points); 0 is always a point")
     p.add_argument("--out", "-o", default="results", help="results folder (default: results)")
     p.add_argument("--direction", choices=DIRECTIONS, default="random",
                    help="one checkpoint: random (seeded Gaussian, default), momentum (its optimizer's buffer), "
@@ -375,9 +375,11 @@ def run_slice(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path} is being computed by {lock.describe_holder()}; try again when it is done")
         try:
             dirs, points, normalization = _directions(kind, ndim, model, ckpts, data, args, loss)
-            if grid is None:
-                grid_used = (_default_trajectory_grid({k: v[:2] for k, v in points.items()})
-                             if kind == "trajectory" else DEFAULT_GRID.get(kind, DEFAULT_GRID["random"]))
+            if kind == "trajectory" and (grid is None or isinstance(grid, int)):
+                # NUM points over the trajectory's extent: [-1, 1] means nothing in PCA coordinates
+                grid_used = _default_trajectory_grid({k: v[:2] for k, v in points.items()}, grid or 21)
+            elif grid is None:
+                grid_used = DEFAULT_GRID.get(kind, DEFAULT_GRID["random"])
             else:
                 grid_used = grid
             ds = loss_slice(model, data, dirs, points=points or None, direction_kind=kind,

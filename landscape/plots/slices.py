@@ -66,6 +66,7 @@ _KIND = {
     "given": "given directions",
 }
 _NORMALIZATION = {"filter": "filter-normalized", "layer": "layer-normalized", "model": "model-normalized"}
+_TICKS = "{x:.3g}"  # colorbar ticks sit on the levels: 0.786, not 0.7863
 _CENTRE = dict(marker="*", s=90, color="white", edgecolors="black", linewidths=0.8, zorder=5)
 
 
@@ -297,7 +298,7 @@ def _mark(ax, d: xr.Dataset, *, centre_label: str = "centre", path: bool = False
     if on_centre:  # the centre checkpoint itself is a point: star it
         ax.scatter([0.0], [0.0], **_CENTRE)
     for i, (lab, s, x, y) in enumerate(pts):
-        if len(pts) > 6 and i not in (0, len(pts) - 1):
+        if len(pts) > 4 and i not in (0, len(pts) - 1):
             continue  # a long trajectory: its first and last checkpoints only, never a pile of labels
         text = lab if s < 0 or lab == str(s) else f"{lab} (step {s})"
         ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6, zorder=7,
@@ -364,9 +365,9 @@ def slice_contour(
             ax.set_ylabel(_axis_text(d, 1, kind))
             ax.set_title(_panel_title(r, s, len(chosen) > 1 or r != "model"), color=colors[r])
             ax.grid(False)
-            cb = fig.colorbar(cf, ax=ax, shrink=0.9)
+            cb = fig.colorbar(cf, ax=ax, shrink=0.9, format=_TICKS)
             cb.set_label(_value_label(ds, metric) + (", log scale" if log else ""))
-            ax.legend(loc="lower left", fontsize=6, framealpha=0.6, frameon=True)
+            ax.legend(loc="best", fontsize=6, framealpha=0.6, frameon=True)
         fig.suptitle(_what(ds), fontsize=9)
     return fig
 
@@ -463,9 +464,9 @@ def trajectory_plane(
             ax.set_ylabel(_axis_text(d, 1, "trajectory"))
             ax.set_title(_panel_title(r, s, len(chosen) > 1 or r != "model"), color=colors[r])
             ax.grid(False)
-            cb = fig.colorbar(cf, ax=ax, shrink=0.9)
+            cb = fig.colorbar(cf, ax=ax, shrink=0.9, format=_TICKS)
             cb.set_label(_value_label(ds, "loss") + (", log scale" if log else ""))
-            ax.legend(loc="lower left", fontsize=6, framealpha=0.6, frameon=True)
+            ax.legend(loc="best", fontsize=6, framealpha=0.6, frameon=True)
         fig.suptitle(_what(ds), fontsize=9)
     return fig
 
