@@ -135,6 +135,10 @@ def test_trajectory_plane_of_a_run(run, tmp_path, capsys):
     last = int(np.flatnonzero(ds.point_step.values == 9)[0])
     assert abs(float(ds.point_alpha[last])) < 1e-6 and abs(float(ds.point_beta[last])) < 1e-6
     assert float(ds.loss.sel(alpha=0.0, beta=0.0)) == pytest.approx(_loss(run["ckpts"][-1]), rel=1e-5)
+    # --grid 5: five points per axis over the trajectory's extent (and 0), every checkpoint inside
+    for axis in ("alpha", "beta"):
+        grid, pts = ds[axis].values, ds[f"point_{axis}"].values
+        assert grid.size in (5, 6) and grid.min() < pts.min() and grid.max() > pts.max()
     assert "slice_trajectory" in {p.name.split("-")[0] for p in path.parent.glob("*.png")}
 
 
