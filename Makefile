@@ -27,7 +27,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
+# The slice bench's peer, loss-landscapes, is not a test dependency; --no-deps so it never pulls
+# another torch (it needs only numpy and torch, both installed).
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
 	$(PY) bench/run_all.py
 
 lint: $(STAMP)

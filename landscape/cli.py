@@ -1,4 +1,4 @@
-"""The ``landscape`` command line: ``train``, ``analyze``, ``plot``, ``demo``.
+"""The ``landscape`` command line: ``train``, ``analyze``, ``plot``, ``slice``, ``demo``.
 
 Every subcommand is reachable as ``main(argv)`` so tests call it directly.
 """
@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_plot_parser = None
     if add_plot_parser is not None:
         add_plot_parser(sub)
+    try:
+        from landscape.cli_slice import add_slice_parser
+    except ImportError:  # pragma: no cover - slice lands with the slices analysis
+        add_slice_parser = None
+    if add_slice_parser is not None:
+        add_slice_parser(sub)
     add_demo_parser(sub)
     for p in sub.choices.values():
         strict_flags(p)

@@ -22,6 +22,13 @@ from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalu
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.slices import (
+    interpolation_curves,
+    slice_contour,
+    slice_curves,
+    slice_surface,
+    trajectory_plane,
+)
 from landscape.plots.training import combine_histories, history_dataset, training_curves
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "feature_rank_bars",
     "feature_rank_vs_step",
     "history_dataset",
+    "interpolation_curves",
     "norm_param_histograms",
     "rebin",
     "robust_accuracy_vs_eps",
@@ -38,10 +46,14 @@ __all__ = [
     "save",
     "sharpness_vs_rho",
     "sharpness_vs_step",
+    "slice_contour",
+    "slice_curves",
+    "slice_surface",
     "slq_density",
     "spectral_density",
     "top_eigenvalues",
     "trace",
+    "trajectory_plane",
     "training_curves",
     "training_diagnostics",
 ]

@@ -29,6 +29,14 @@ from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
 from landscape.plots.norm_params import norm_param_histograms
 from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.slices import (
+    interpolation_curves,
+    slice_contour,
+    slice_curves,
+    slice_figures,
+    slice_surface,
+    trajectory_plane,
+)
 from landscape.plots.training import history_dataset, training_curves
 
 __all__ = ["FIGURES", "add_plot_parser", "plot_results", "run_diagnostics", "run_plot"]
@@ -40,6 +48,8 @@ class FigureSpec:
 
     ``at_step``: the function takes ``step=`` (a figure at one checkpoint); otherwise it is a
     curve over training steps and is skipped when the results hold a single step.
+    ``when``: drawn only for results it accepts (a slice result calls for other figures in 1-D
+    and 2-D, for an interpolation and for a trajectory); the others are left out silently.
     """
 
     name: str
@@ -47,6 +57,12 @@ class FigureSpec:
     needs: tuple[str, ...]
     at_step: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    when: Callable[[xr.Dataset], bool] | None = None
+
+
+def _slice_spec(stem: str, fn: Callable[..., Any]) -> FigureSpec:
+    """A slice figure, drawn when :func:`~landscape.plots.slices.slice_figures` calls for it."""
+    return FigureSpec(stem, fn, ("loss",), at_step=True, when=lambda ds: stem in slice_figures(ds))
 
 
 FIGURES: dict[str, tuple[FigureSpec, ...]] = {
@@ -68,6 +84,13 @@ FIGURES: dict[str, tuple[FigureSpec, ...]] = {
     ),
     "robustness": (
         FigureSpec("robustness_eps", robust_accuracy_vs_eps, ("robust_accuracy", "clean_accuracy"), at_step=True),
+    ),
+    "slice": (
+        _slice_spec("slice_1d", slice_curves),
+        _slice_spec("slice_interpolation", interpolation_curves),
+        _slice_spec("slice_contour", slice_contour),
+        _slice_spec("slice_trajectory", trajectory_plane),
+        _slice_spec("slice_surface", slice_surface),
     ),
 }
 
@@ -225,6 +248,8 @@ def plot_results(
     for name, suffix, ds in datasets:
         for spec in FIGURES[name]:
             stem = spec.name + suffix
+            if spec.when is not None and not spec.when(ds):
+                continue
             missing = [v for v in spec.needs if v not in ds.variables]
             if missing:
                 _note(f"{stem}: the {name!r} results hold no {', '.join(missing)}; skipped")
@@ -251,7 +276,8 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
         "plot", help="draw figures from a results folder (and training curves from run folders)",
         description="Draw every figure the results of `landscape analyze` allow: Hessian density, "
                     "eigenvalues and trace; sharpness vs rho and vs step; normalization-parameter "
-                    "histograms; and, with --runs, training curves. Missing analyses are skipped.",
+                    "histograms; loss-landscape slices (1-D curves, interpolation, 2-D contour and "
+                    "surface, trajectory plane); and, with --runs, training curves. Missing analyses are skipped.",
     )
     p.add_argument("results", metavar="RESULTS_DIR", help="folder written by `landscape analyze --out`")
     p.add_argument("--analyses", default=None, help=f"comma list among {','.join(FIGURES)} (default all)")
