@@ -124,6 +124,10 @@ def add_slice_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per batch (default 256)")
     p.add_argument("--max-samples", type=_positive_int, default=None, help="use the first N examples (default all)")
     p.add_argument("--vmap", action="store_true", help="several grid points per forward pass (torch.func.vmap)")
+    p.add_argument("--autocast", choices=("bf16",), default=None,
+                   help="forward passes under bfloat16 autocast (its error at the centre is recorded)")
+    p.add_argument("--memory-format", choices=("auto", "contiguous", "channels_last"), default="auto",
+                   help="layout of image inputs (default auto: channels_last for Conv2d models)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="model for foreign checkpoints: import path pkg.module:factory or a zoo name")
     p.add_argument("--model-kwargs", default=None, metavar="K=V,...", help="keyword arguments of the model factory")
@@ -360,6 +364,7 @@ def run_slice(args: argparse.Namespace) -> int:
         "params": args.params, "seed": args.seed, "orthogonalize": bool(args.orthogonalize),
         "bn_mode": args.bn_mode, "recompute_batches": args.recompute_batches, "batch_size": args.batch_size,
         "max_samples": args.max_samples, "loss": loss_name, "vmap": bool(args.vmap),
+        "autocast": args.autocast, "memory_format": args.memory_format,
         "keep_directions": bool(args.keep_directions),
         # the checkpoints by content (and label), so the same files reached by another path match
         "checkpoints": [{"label": lab, "sha256": s} for lab, s in zip(labels, sha.values())],
@@ -386,7 +391,8 @@ def run_slice(args: argparse.Namespace) -> int:
                             normalization=normalization, one_d=args.one_d if normalization != "none" else "none",
                             grid=grid_used, bn_mode=args.bn_mode, recompute_batches=args.recompute_batches,
                             batch_size=args.batch_size, max_samples=args.max_samples, loss=loss,
-                            params=args.params, vmap=args.vmap, keep_directions=args.keep_directions,
+                            params=args.params, vmap=args.vmap, autocast=args.autocast,
+                            memory_format=args.memory_format, keep_directions=args.keep_directions,
                             progress=args.progress)
             config = {**json.loads(str(ds.attrs.get("config_json", "{}"))), "slice_request": request}
             results.write_result(

@@ -547,6 +547,25 @@ class Objective:
         """The fixed ``(inputs, targets)`` batches (on the model's device, cast to ``dtype`` if given)."""
         return list(self._batches)
 
+    def channels_last(self) -> bool:
+        """Restage 4-D floating-point inputs in ``torch.channels_last`` memory format, in place.
+
+        The values (and so the function) are unchanged; convolutions on CPU (oneDNN) and on
+        tensor-core GPUs run faster on NHWC inputs (measured: a ResNet-20 forward 1.2-1.3x on a
+        2-core CPU). Returns whether any input was restaged (``False`` for other inputs).
+        """
+        changed = False
+
+        def restage(t: Tensor) -> Tensor:
+            nonlocal changed
+            if t.ndim == 4 and t.is_floating_point():
+                changed = True
+                return t.contiguous(memory_format=torch.channels_last)
+            return t
+
+        self._batches = [(_inputs._map(x, restage), y) for x, y in self._batches]
+        return changed
+
     def check_finite(self, theta: Tensor | None = None) -> float:
         """The data-set loss at ``theta`` as a float; raises :class:`NonFiniteLossError` if it is
         NaN or infinite (analyses call this before they start)."""

@@ -216,3 +216,14 @@ def test_bad_input_is_exit_2_with_a_message(run, tmp_path, capsys):
         assert rc == 2, (argv, err)
         assert message in err, (argv, err)
     assert not (tmp_path / "out").exists() or not find_results(tmp_path / "out", "slice")
+
+
+def test_autocast_and_memory_format_flags_reach_the_analysis(run, tmp_path, capsys):
+    a = run["ckpts"][-1]
+    rc, path = _slice(tmp_path, a, "--grid=-1:1:3,-1:1:3", "--autocast", "bf16", "--memory-format", "contiguous")
+    assert rc == 0, capsys.readouterr().err
+    ds = read_result(path)
+    assert ds.attrs["autocast"] == "bf16" and ds.attrs["memory_format"] == "contiguous"
+    assert "autocast_centre_error" in ds
+    rc, other = _slice(tmp_path, a, "--grid=-1:1:3,-1:1:3")
+    assert rc == 0 and other != path  # other options, another result file beside the first

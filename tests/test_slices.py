@@ -413,3 +413,25 @@ def test_float32_model_evaluated_in_float64_copies():
                      bn_mode="recompute", batch_size=8, progress=False)
     np.testing.assert_allclose(ds.loss.values, ref.loss.values, rtol=1e-12)
     assert ds.attrs["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_channels_last_staging_same_slice_and_recorded():
+    """memory_format only changes how image inputs are laid out, never the values; "auto"
+    picks channels_last for a Conv2d model and records it; non-image inputs stay contiguous."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    x, y = torch.randn(12, 3, 6, 6, dtype=torch.float64), torch.randint(0, 3, (12,))
+    d = {n: torch.randn_like(p) for n, p in m.named_parameters()}
+    kw = dict(grid="-1:1:5", batch_size=5, progress=False)
+    auto = loss_slice(m, (x, y), d, **kw)
+    plain = loss_slice(m, (x, y), d, memory_format="contiguous", **kw)
+    assert auto.attrs["memory_format"] == "channels_last"
+    assert plain.attrs["memory_format"] == "contiguous"
+    np.testing.assert_allclose(auto.loss.values, plain.loss.values, rtol=1e-12, atol=0)
+    mlp = nn.Sequential(nn.Linear(3, 2))
+    flat = loss_slice(mlp, (torch.randn(8, 3), torch.randint(0, 2, (8,))),
+                      {"0.weight": torch.ones(2, 3)}, memory_format="channels_last", **kw)
+    assert flat.attrs["memory_format"] == "contiguous"  # nothing 4-D to restage
+    with pytest.raises(ConfigError, match="memory_format"):
+        loss_slice(m, (x, y), d, memory_format="nhwc", **kw)

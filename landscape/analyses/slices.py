@@ -208,6 +208,7 @@ class LossSliceOptions(ObjectiveOptions):
     vmap: bool = False
     vmap_chunk: int = 16
     autocast: Literal["bf16"] | None = None
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     keep_directions: bool = True
 
     def _normalize(self) -> None:
@@ -393,6 +394,7 @@ def loss_slice(
     vmap: bool = False,
     vmap_chunk: int = 16,
     autocast: str | None = None,
+    memory_format: str = "auto",
     keep_directions: bool = True,
     progress: bool = True,
 ) -> xr.Dataset:
@@ -429,6 +431,10 @@ def loss_slice(
             (measured on a 2-core CPU: slower than the loop; try it on a GPU with small models).
         autocast: ``"bf16"``: forward passes under bfloat16 autocast (CUDA and CPU); the result
             records ``autocast_centre_error``, its absolute error against float32 at the centre.
+        memory_format: how 4-D image inputs are staged: ``"channels_last"`` (NHWC; convolutions
+            run faster on CPU and tensor-core GPUs, same values up to float rounding),
+            ``"contiguous"``, or ``"auto"`` (channels_last when the model has a ``Conv2d``); the
+            format used is recorded in ``attrs["memory_format"]``.
         keep_directions: store the directions (``direction_vector``, P floats per direction) so
             the same plane can be evaluated on another model or data set.
         progress: a progress bar or log lines (:mod:`landscape.progress`); ``False``: silent.
@@ -467,6 +473,10 @@ def loss_slice(
     ndim = len(dirs)
     axes = grid_axes(opts.grid, ndim)  # bad grids and directions are refused before the data are staged
     obj = Objective.from_options(model, data, opts, **objects)
+    fmt = "contiguous"
+    if opts.memory_format == "channels_last" or (
+            opts.memory_format == "auto" and any(isinstance(m, nn.Conv2d) for m in model.modules())):
+        fmt = "channels_last" if obj.channels_last() else "contiguous"
     D = _flat_directions(obj, dirs, opts.params)
     if points is None and plane is not None and getattr(plane, "points", None):
         steps = getattr(plane, "steps", None) or {}
@@ -577,6 +587,7 @@ def loss_slice(
         "recompute_batches": int(n_rec) if opts.bn_mode == "recompute" else 0,
         "vmap": int(opts.vmap),
         "autocast": opts.autocast or "",
+        "memory_format": fmt,
         "params": str(opts.params),
         "metrics": ",".join(m for m in opts.metrics if m != "accuracy" or has_acc),
     })
@@ -772,6 +783,7 @@ def slice_analysis(
     vmap: bool = False,
     vmap_chunk: int = 16,
     autocast: str | None = None,
+    memory_format: str = "auto",
     keep_directions: bool = True,
     kind: str = "random",
     ndim: int = 1,
@@ -798,7 +810,7 @@ def slice_analysis(
             for ``kind="momentum"``).
         batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
             output_fn, grid, metrics, recompute_batches, part, parts, vmap, vmap_chunk,
-            autocast, keep_directions: as in :func:`loss_slice`.
+            autocast, memory_format, keep_directions: as in :func:`loss_slice`.
         kind, ndim, normalization, one_d, orthogonalize, seed, eigen_tol: the directions
             (:class:`SliceOptions`).
         progress: progress bar / log lines; ``False``: silent.
