@@ -29,6 +29,7 @@ __all__ = [
     "integer_axis",
     "last_steps",
     "log_axis",
+    "panel_grid",
     "require",
     "run_colors",
     "runs_of",
@@ -80,6 +81,18 @@ def figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def panel_grid(n: int, ncols: int = 3) -> tuple[Figure, list]:
+    """A Figure with ``n`` panels (curves over steps) in rows of at most ``ncols``, sharing x;
+    the unused cells of the last row are hidden. Call inside :func:`style`."""
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    fig = figure(COLUMN if ncols == 1 else 2.5 * ncols + 0.8, 2.6 if nrows == 1 else 2.2 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
 
 
 def log_axis(ax, which: str = "y") -> None:

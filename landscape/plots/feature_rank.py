@@ -10,7 +10,6 @@ by the number of examples (``n <= d``) is drawn hatched (bars) or as an open mar
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from landscape.plots.common import (
     axis_label,
     figure,
     integer_axis,
+    panel_grid,
     require,
     run_colors,
     runs_of,
@@ -179,14 +179,9 @@ def feature_rank_vs_step(
     names = _pick_layers(ds, layers)
     colors = run_colors(runs_of(ds), colors)
     capped = _capped(ds)
-    ncols = min(len(names), 3)
-    nrows = math.ceil(len(names) / ncols)
     any_capped = False
     with style():
-        fig = figure(COLUMN if ncols == 1 else 2.5 * ncols + 0.8, 2.6 if nrows == 1 else 2.2 * nrows + 0.4)
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
-        for ax in axes[len(names):]:
-            ax.set_visible(False)
+        fig, axes = panel_grid(len(names))
         for ax, layer in zip(axes, names):
             for run in runs_of(ds):
                 d = ds.sel(run=run, layer=layer)
@@ -205,8 +200,9 @@ def feature_rank_vs_step(
             ax.set_xlabel(axis_label(ds["step"], "training step"))
             integer_axis(ax)
             integer_axis(ax, "y")
-        for i in range(0, len(names), ncols):
-            axes[i].set_ylabel(_YLABEL)
+        for ax in axes:
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel(_YLABEL)
         what = ", ".join(t for t in (_what(ds), _CAPPED if any_capped else "") if t)
         if len(names) == 1:
             axes[0].legend(title="run")

@@ -9,7 +9,6 @@ Error bars are the standard error of the mean over the ``n / m`` batches (``shar
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from landscape.plots.common import (
     figure,
     integer_axis,
     log_axis,
+    panel_grid,
     require,
     run_colors,
     runs_of,
@@ -148,13 +148,8 @@ def sharpness_vs_step(
     ds = with_run_step(ds)
     rhos = _pick_rhos(ds, rho)
     colors = run_colors(runs_of(ds), colors)
-    ncols = min(len(rhos), 3)
-    nrows = math.ceil(len(rhos) / ncols)
     with style():
-        fig = figure(COLUMN if ncols == 1 else 2.5 * ncols + 0.8, 2.6 if nrows == 1 else 2.2 * nrows + 0.4)
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
-        for ax in axes[len(rhos):]:
-            ax.set_visible(False)
+        fig, axes = panel_grid(len(rhos))
         for ax, r in zip(axes, rhos):
             for run in runs_of(ds):
                 d = ds.sel(run=run, rho=r)
@@ -170,8 +165,9 @@ def sharpness_vs_step(
             ax.set_title(rf"$\rho$ = {r:g}")
             ax.set_xlabel(axis_label(ds["step"], "training step"))
             integer_axis(ax)
-        for i in range(0, len(rhos), ncols):
-            axes[i].set_ylabel(_ylabel(ds))
+        for ax in axes:
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel(_ylabel(ds))
         what = _what(ds)
         if len(rhos) == 1:
             axes[0].set_title(", ".join(t for t in (rf"$\rho$ = {rhos[0]:g}", what) if t))
