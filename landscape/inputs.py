@@ -57,7 +57,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from landscape.data.base import ArrayDataset
 
-__all__ = ["DataError", "Inputs", "as_call", "collect", "model_output", "num_examples", "split", "to_device"]
+__all__ = ["DataError", "Inputs", "as_call", "collect", "describe_type", "map_tensors", "model_output", "num_examples",
+           "split", "to_device"]
 
 Inputs = Union[Tensor, tuple[Tensor, ...], dict[str, Tensor]]  # noqa: UP007 (a runtime alias)
 
@@ -99,7 +100,8 @@ def _leaves(x: Inputs) -> list[Tensor]:
     return list(x)
 
 
-def _map(x: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
+def map_tensors(x: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
+    """``fn`` applied to every tensor of the inputs (a tensor, a tuple or a dict), same form."""
     if isinstance(x, Tensor):
         return fn(x)
     if isinstance(x, Mapping):
@@ -112,7 +114,8 @@ def num_examples(x: Inputs) -> int:
     return int(_leaves(x)[0].shape[0])
 
 
-def _describe(obj) -> str:
+def describe_type(obj) -> str:
+    """A short description of what was received, for error messages (type, shape, items)."""
     if isinstance(obj, Tensor):
         return f"tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, tuple | list):
@@ -124,18 +127,18 @@ def _describe(obj) -> str:
 
 def _check(inputs, targets, where: str) -> tuple[Inputs, Tensor]:
     if not _is_inputs(inputs):
-        raise DataError(f"data: {where} has inputs of type {_describe(inputs)}; accepted inputs: {ACCEPTED_INPUTS}")
+        raise DataError(f"data: {where} has inputs of type {describe_type(inputs)}; accepted inputs: {ACCEPTED_INPUTS}")
     if isinstance(inputs, list):
         inputs = tuple(inputs)
     if isinstance(inputs, Mapping):
         inputs = dict(inputs)
     if not isinstance(targets, Tensor):
-        raise DataError(f"data: {where} has targets of type {_describe(targets)}; accepted targets: a tensor of "
+        raise DataError(f"data: {where} has targets of type {describe_type(targets)}; accepted targets: a tensor of "
                         "class indices or of float values (any shape, examples first)")
     sizes = {int(t.shape[0]) if t.ndim else -1 for t in _leaves(inputs)} | {int(targets.shape[0]) if targets.ndim else -1}
     if len(sizes) != 1 or -1 in sizes:
         raise DataError(
-            f"data: {where} has inputs ({_describe(inputs)}) and targets ({_describe(targets)}) without a common "
+            f"data: {where} has inputs ({describe_type(inputs)}) and targets ({describe_type(targets)}) without a common "
             "first (example) dimension; every input tensor and the targets must have the same number of rows"
         )
     return inputs, targets
@@ -146,7 +149,7 @@ def _from_batch(item, batch_fn, where: str) -> tuple[Inputs, Tensor]:
     if batch_fn is not None:
         out = batch_fn(item)
         if not (isinstance(out, tuple | list) and len(out) == 2):
-            raise DataError(f"data: batch_fn returned {_describe(out)} for {where}; accepted: a pair (inputs, targets)")
+            raise DataError(f"data: batch_fn returned {describe_type(out)} for {where}; accepted: a pair (inputs, targets)")
         return _check(out[0], out[1], f"{where} (after batch_fn)")
     if isinstance(item, Mapping):
         key = next((k for k in TARGET_KEYS if k in item), None)
@@ -158,7 +161,7 @@ def _from_batch(item, batch_fn, where: str) -> tuple[Inputs, Tensor]:
         return _check(inputs, item[key], where)
     if isinstance(item, tuple | list) and len(item) >= 2:
         return _check(item[0], item[1], where)
-    raise DataError(f"data: {where} is a {_describe(item)}; accepted batches: tuples/lists (inputs, targets, ...) "
+    raise DataError(f"data: {where} is a {describe_type(item)}; accepted batches: tuples/lists (inputs, targets, ...) "
                     "or dicts; accepted data: " + ACCEPTED_DATA)
 
 
@@ -179,7 +182,7 @@ def _cat(parts: list[Inputs]) -> Inputs:
 
 
 def _take(x: Inputs, stop: int) -> Inputs:
-    return _map(x, lambda t: t[:stop])
+    return map_tensors(x, lambda t: t[:stop])
 
 
 # ------------------------------------------------------------------ public
@@ -235,7 +238,7 @@ def collect(data, max_samples: int | None = None, batch_fn: Callable[[Any], Any]
     elif isinstance(data, Iterable) and not isinstance(data, str | bytes | Tensor | Mapping):
         batches, what = iter(data), f"a batch of {type(data).__name__}"
     else:
-        raise DataError(f"data of type {_describe(data)} is not accepted; accepted: {ACCEPTED_DATA}")
+        raise DataError(f"data of type {describe_type(data)} is not accepted; accepted: {ACCEPTED_DATA}")
     xs, ys, count = [], [], 0
     for j, item in enumerate(batches):
         inputs, targets = _from_batch(item, batch_fn, f"{what} (batch {j})")
@@ -261,7 +264,7 @@ def split(inputs: Inputs, targets: Tensor, batch_size: int | None) -> list[tuple
     """Consecutive batches of ``batch_size`` examples (the last may be smaller); ``None``: one."""
     n = int(targets.shape[0])
     bs = n if batch_size is None else batch_size
-    return [(_map(inputs, lambda t, s=s: t[s : s + bs]), targets[s : s + bs]) for s in range(0, n, bs)]
+    return [(map_tensors(inputs, lambda t, s=s: t[s : s + bs]), targets[s : s + bs]) for s in range(0, n, bs)]
 
 
 def to_device(x: Inputs, device: torch.device, dtype: torch.dtype | None = None) -> Inputs:
@@ -270,7 +273,7 @@ def to_device(x: Inputs, device: torch.device, dtype: torch.dtype | None = None)
         t = t.to(device)
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
-    return _map(x, move)
+    return map_tensors(x, move)
 
 
 def as_call(inputs: Inputs) -> tuple[tuple, dict]:
@@ -301,7 +304,7 @@ def model_output(out, output_fn: Callable[[Any], Tensor] | None = None) -> Tenso
         value = getattr(out, "logits", None)
     if isinstance(value, Tensor):
         return value
-    got = _describe(out) + (" (after output_fn)" if output_fn is not None else "")
+    got = describe_type(out) + (" (after output_fn)" if output_fn is not None else "")
     if isinstance(out, Mapping | tuple | list) or hasattr(out, "__dict__"):
         got += f"; its fields: {list(out)[:8] if isinstance(out, Mapping) else _fields(out)}"
     raise TypeError(f"the model returned a {got} and no tensor could be taken from it; accepted model outputs: "

@@ -563,7 +563,7 @@ class Objective:
                 return t.contiguous(memory_format=torch.channels_last)
             return t
 
-        self._batches = [(_inputs._map(x, restage), y) for x, y in self._batches]
+        self._batches = [(_inputs.map_tensors(x, restage), y) for x, y in self._batches]
         return changed
 
     def check_finite(self, theta: Tensor | None = None) -> float:

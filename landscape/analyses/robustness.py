@@ -475,7 +475,7 @@ def robustness(
     x, y = _inputs.collect(data, opts.n, batch_fn)
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise ValueError(f"robustness attacks one floating-point input tensor per example (images); the data gave "
-                         f"inputs of type {_inputs._describe(x)}{'' if not isinstance(x, Tensor) else ' ' + str(x.dtype)}")
+                         f"inputs of type {_inputs.describe_type(x)}{'' if not isinstance(x, Tensor) else ' ' + str(x.dtype)}")
     found = int(y.shape[0])
     if found < opts.n:
         raise ValueError(f"robustness: n={opts.n} but the data hold only {found} examples; lower n to at most {found}")
