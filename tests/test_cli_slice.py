@@ -227,3 +227,17 @@ def test_autocast_and_memory_format_flags_reach_the_analysis(run, tmp_path, caps
     assert "autocast_centre_error" in ds
     rc, other = _slice(tmp_path, a, "--grid=-1:1:3,-1:1:3")
     assert rc == 0 and other != path  # other options, another result file beside the first
+
+
+def test_keep_directions_skip_existing_and_recompute_batches_flags(run, tmp_path, capsys):
+    a = run["ckpts"][-1]
+    args = ("--grid=-1:1:3", "--ndim", "1", "--no-keep-directions", "--bn-mode", "recompute",
+            "--recompute-batches", "1")
+    rc, path = _slice(tmp_path, a, *args)
+    assert rc == 0, capsys.readouterr().err
+    ds = read_result(path)
+    assert "direction_vector" not in ds and ds.attrs["recompute_batches"] == 1
+    mtime = path.stat().st_mtime_ns
+    rc, again = _slice(tmp_path, a, *args, "--no-skip-existing")
+    assert rc == 0 and again == path and path.stat().st_mtime_ns > mtime  # recomputed, same file
+    np.testing.assert_allclose(read_result(again).loss.values, ds.loss.values)
