@@ -26,6 +26,10 @@ Example:
     >>> res = hessian_spectrum(model, ds, top_k=3, slq_runs=2, slq_steps=20, trace_samples=30)
     >>> res.eigenvalues.dims, int(res.hvps.sel(part="eigenvalues")) > 0
     (('k',), True)
+    >>> per_layer = hessian_spectrum(model, ds, top_k=2, slq_runs=2, slq_steps=10, trace_samples=9,
+    ...                              params="each:layer", progress=False)
+    >>> list(per_layer.group.values), per_layer.eigenvalues.dims
+    (['body.1', 'head'], ('group', 'k'))
 """
 
 from __future__ import annotations
@@ -151,13 +155,33 @@ def hessian_spectrum(
         model: the network (never modified).
         data: anything :class:`~landscape.objective.Objective` accepts (:mod:`landscape.inputs`:
             a ``Dataset``, ``DataLoader``, ``(x, y)`` tuple, iterable of tuple or dict batches).
-        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
+        batch_size, max_samples, bn_mode, loss, logit_normalize, dtype, batch_fn,
             output_fn: the shared objective options (:class:`~landscape.objective.ObjectiveOptions`);
             ``loss`` also takes a callable or ``nn.Module``, ``dtype`` a ``torch.dtype``,
             ``batch_fn`` / ``output_fn`` callables (all recorded by name in ``config_json``).
-            ``params`` selects the Hessian block of a group (the other parameters, and frozen
-            ones with ``requires_grad=False``, fixed); ``bn_mode="train"`` is a different,
-            partition-dependent matrix.
+            ``bn_mode="train"`` is a different, partition-dependent matrix.
+        params: the Hessian block of a group (the other parameters, and frozen ones with
+            ``requires_grad=False``, fixed). One group spec (:mod:`landscape.params`: ``"all"``,
+            ``"norm"``, ``"B3"``, a union ``"B2+B3"`` or ``"glob:fc.*|head.*"``): one spectrum,
+            no ``group`` dim. Or
+            several groups, one spectrum each along a ``group`` dimension
+            (:func:`landscape.params.expand_groups`): ``"each:layer"`` (one group per module
+            that directly owns trainable parameters, named by the module, in model order),
+            ``"each:stage"`` (``B1``, ``B2``, ... of the model's ``stages``), or a list, one
+            group per item (``["B1", "B2", "B3"]``; an item may be any group spec or an exact
+            parameter name). Unlike :func:`landscape.params.select`, a list here is *not* the
+            union of its items: write a union as one spec (``"B1+B2"``, ``"glob:a.*|b.*"``).
+            Each group's spectrum is that of its diagonal block ``H_bb`` (the other
+            parameters fixed), the same numbers as a call with ``params=`` that group alone.
+            Shared by all groups: the data, staged once into one objective over the union of
+            the groups (each group is a view of it, :meth:`Objective.with_params`), and the
+            loss check. Built per group: the HVP operator, so with ``"retained-graph"`` each
+            block's gradient graph. One graph over all parameters cannot be shared instead:
+            a product with it costs a full-network HVP, while a block's graph only reaches
+            back to its block (measured on a 7.5k-parameter ResNet-1D, one batch of 256, a
+            loaded 2-core CPU: 230-250 ms per full product vs 74-150 ms per stage block, and
+            130-160 ms to build a block's graph, less than one product, against ~1,100
+            products per group with the defaults).
         top_k: number of eigenvalues (``<= `` the group's dimension).
         which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
         tol: relative Ritz-residual tolerance of Lanczos.
@@ -186,10 +210,22 @@ def hessian_spectrum(
         ``config_json``, ``sigma``, the grid, sizes, costs and timings. Eigenvalues, trace,
         nodes and the loss are in the loss's units ("nats" for cross-entropy, else "1").
 
+        Several groups: the same variables with a leading ``group`` dim (coordinate ``group``:
+        the item of the list or the module / stage name), the density grid ``eigenvalue`` per
+        group ``(group, grid)``, ``group_parameters(group)`` (each block's dimension), every
+        numeric per-group attribute (``lanczos_steps``, ``sigma``, ``grid_min``, timings, ...) as
+        a variable along ``group``, ``loss`` a scalar; Ritz vectors (``eigenvectors=True``) on
+        one ``parameter`` dim that concatenates the blocks, with a ``parameter_group``
+        coordinate (``res.eigenvectors.isel(parameter=res.parameter_group.values == "B1")``).
+        Attributes ``params`` (the spec as given; a list as JSON) and ``groups`` (how many);
+        ``num_parameters`` and ``calls_*`` are totals over the union and all groups.
+
     Raises:
-        GroupError: the parameter group is empty.
+        GroupError: the parameter group is empty (or, for several groups: one of them is, an
+            unknown ``each:`` form, ``each:stage`` on a model without ``stages``, two groups
+            with the same name).
         NonFiniteLossError: the loss at the checkpoint is NaN or infinite.
-        ValueError: ``top_k`` larger than the group's dimension, or a bad option.
+        ValueError: ``top_k`` larger than the group's dimension (of any group), or a bad option.
     """
     opts, objects = make_options(HessianOptions, locals())
     groups = expand_groups(model, opts.params) if is_per_group(opts.params) else None
