@@ -225,3 +225,104 @@ def test_options_from_toml_list_and_errors(dense):
     m, xy, _, _ = dense
     with pytest.raises(ValueError, match=r"top_k=8 is larger than the dimension of parameter group '1' \(6"):
         hessian_spectrum(m, xy, params="each:layer", **{**FAST, "top_k": 8})
+
+
+# ------------------------------------------------------------------ figure, analyze, CLI
+
+HESSIAN_OPTS = {"top_k": 2, "max_samples": 24, "batch_size": 24, "slq_runs": 2, "slq_steps": 8,
+                "trace_samples": 9, "grid_points": 50, "tol": 1e-3}
+DATA = {"dataset": "synthetic", "dataset_kwargs": {"num_samples": 24, "input_shape": [4], "num_classes": 3, "seed": 1}}
+
+
+def _checkpoints(root):
+    from landscape.checkpoint import save_checkpoint
+    from landscape.models import build_model
+
+    for r, run in enumerate(("sam", "sgd")):
+        for i in range(2):
+            torch.manual_seed(10 * r + i)
+            m = build_model("mlp", input_shape=(4,), num_classes=3, width=6, depth=1, norm="batch")
+            save_checkpoint(root / run / f"epoch_{i:04d}.pt", m, step=10 * i, epoch=i, metrics={}, config=DATA)
+    return root
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """Two runs x two checkpoints analysed by `landscape analyze` with params = "each:layer" (TOML)."""
+    from landscape.cli_analyze import main
+
+    root = tmp_path_factory.mktemp("groups")
+    ckpts = _checkpoints(root / "ckpts")
+    cfg = root / "analyze.toml"
+    cfg.write_text("[data]\nn = 24\n[hessian]\nparams = \"each:layer\"\n"
+                   + "".join(f"{k} = {json.dumps(v)}\n" for k, v in HESSIAN_OPTS.items()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # Lanczos may stop short on tiny blocks
+        rc = main(["analyze", str(ckpts), "--analyses", "hessian", "--out", str(root / "res"), "--config", str(cfg)])
+    assert rc == 0
+    return {"root": root, "ckpts": ckpts, "res": root / "res"}
+
+
+def _open(folder):
+    from landscape.results import open_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return open_results(folder, "hessian")
+
+
+def test_analyze_each_layer_from_toml(analysed):
+    ds = _open(analysed["res"])
+    assert ds.eigenvalues.dims == ("run", "step", "group", "k")
+    assert list(ds.run.values) == ["sam", "sgd"] and list(ds.step.values) == [0, 10]
+    # mlp(depth=1, norm="batch"): Linear, BatchNorm, head - one group each, in model order.
+    assert len(ds.group) == 3 and ds.group.values[-1] == "head"
+    assert json.loads(ds.attrs["config_json"])["params"] == "each:layer"
+    assert np.isfinite(ds.eigenvalues.values).all() and np.isfinite(ds.trace.values).all()
+
+
+def test_analyze_set_each_stage_and_a_toml_list(analysed, tmp_path):
+    from landscape.cli_analyze import main
+
+    one = analysed["ckpts"] / "sgd" / "epoch_0001.pt"
+    sets = [arg for k, v in HESSIAN_OPTS.items() for arg in ("--set", f"hessian.{k}={json.dumps(v)}")]
+    rc = main(["analyze", str(one), "--analyses", "hessian", "--out", str(tmp_path / "a"),
+               "--set", "data.n=24", "--set", "hessian.params=each:stage", *sets])
+    assert rc == 0 and list(_open(tmp_path / "a").group.values) == ["B1", "B2"]
+    cfg = tmp_path / "list.toml"
+    cfg.write_text("[data]\nn = 24\n[hessian]\nparams = [\"B2\", \"norm\"]\n"
+                   + "".join(f"{k} = {json.dumps(v)}\n" for k, v in HESSIAN_OPTS.items()))
+    rc = main(["analyze", str(one), "--analyses", "hessian", "--out", str(tmp_path / "b"), "--config", str(cfg)])
+    assert rc == 0 and list(_open(tmp_path / "b").group.values) == ["B2", "norm"]
+
+
+def test_plot_cli_draws_the_layer_figure_and_skips_one_group_figures(analysed, capsys):
+    from landscape.cli import main
+
+    out = analysed["root"] / "figs"
+    assert main(["plot", str(analysed["res"]), "--analyses", "hessian", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["hessian_layers.pdf", "hessian_layers.png"]
+    assert (out / "hessian_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "hessian_layers.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_layer_figure_draws_the_stored_numbers(analysed):
+    from landscape import plots
+
+    ds = _open(analysed["res"])
+    fig = plots.layer_spectra(ds)
+    lam_ax, trace_ax = fig.axes
+    assert lam_ax.get_ylabel() == r"top eigenvalue $\lambda_{\max}$ (nats)"
+    assert trace_ax.get_ylabel() == "trace (nats)" and trace_ax.get_xlabel() == "parameter group (model order)"
+    assert [t.get_text() for t in trace_ax.get_xticklabels()] == list(ds.group.values)
+    lines = [ln for ln in lam_ax.get_lines() if ln.get_label() != "_nolegend_"]
+    assert [ln.get_label() for ln in lines] == ["sam", "sgd"]  # the last step of each run, bold
+    for ln in lines:
+        np.testing.assert_allclose(ln.get_ydata(), ds.eigenvalues.sel(run=ln.get_label(), step=10, k=1).values)
+    assert len(lam_ax.get_lines()) == 4  # and step 0 of each run, lighter
+    one = plots.layer_spectra(ds, step=0)
+    assert len(one.axes[0].get_lines()) == 2 and "step 0" in one.axes[0].get_title()
+    with pytest.raises(plots.PlotError, match=r"no eigenvalues at step=5; steps with data: \[0, 10\]"):
+        plots.layer_spectra(ds, step=5)
+    with pytest.raises(plots.PlotError, match="layer_spectra needs a 'hessian' result .*missing group"):
+        plots.layer_spectra(ds.isel(group=0, drop=True))

@@ -305,7 +305,7 @@ def _concat_groups(parts: list[xr.Dataset], names: list[str], opts: HessianOptio
         parts = [d.drop_vars(["eigenvectors", "parameter_name", "parameter_offset"]) for d in parts]
     cleaned = []
     for d in parts:
-        extra = {k: ((), d.attrs.get(k, np.nan)) for k in numeric}
+        extra = {k: ((), d.attrs.get(k, np.nan), _attr_var_attrs(k, obj.loss_spec.units)) for k in numeric}
         extra["group_parameters"] = ((), int(d.attrs["num_parameters"]), {
             "long_name": "dimension of the group's Hessian block", "units": "1"})
         d = d.assign(extra)
@@ -314,17 +314,24 @@ def _concat_groups(parts: list[xr.Dataset], names: list[str], opts: HessianOptio
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # xarray's notice about future concat defaults
         out = xr.concat(cleaned, dim="group", data_vars="all", coords="all", compat="equals", join="outer",
-                        fill_value={"slq_weights": 0.0}, combine_attrs="drop")
+                        fill_value={"slq_weights": 0.0}, combine_attrs="override")
     out = out.assign_coords(group=("group", np.array(names, dtype=object), {
         "long_name": "parameter group (spec or module name)", "units": "1"}))
     out["loss"] = parts[0]["loss"]  # the same point and data for every group
     if eigvecs is not None:
         out = out.assign(eigenvectors=eigvecs)
     first = parts[0].attrs
+    out.attrs = {}
     out.attrs.update({k: v for k, v in first.items() if k not in _STAMPED and k not in numeric})
     out.attrs["params"] = opts.params if isinstance(opts.params, str) else json.dumps(list(opts.params))
     out.attrs["groups"] = len(names)
     return stamp(out, "hessian", opts, obj)
+
+
+def _attr_var_attrs(key: str, units: str) -> dict[str, str]:
+    """``long_name`` and ``units`` of a variable made from a one-group result's attribute."""
+    unit = "s" if key.startswith("seconds") else units if key in ("sigma", "grid_min", "grid_max") else "1"
+    return {"long_name": f"{key} of the group's spectrum (an attribute of a one-group result)", "units": unit}
 
 
 def _concat_eigenvectors(parts: list[xr.Dataset], names: list[str]) -> xr.DataArray:
