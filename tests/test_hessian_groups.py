@@ -271,8 +271,13 @@ def _open(folder):
         return open_results(folder, "hessian")
 
 
-def test_analyze_each_layer_from_toml(analysed):
-    ds = _open(analysed["res"])
+@pytest.fixture(scope="module")
+def grouped(analysed):
+    return _open(analysed["res"])
+
+
+def test_analyze_each_layer_from_toml(grouped):
+    ds = grouped
     assert ds.eigenvalues.dims == ("run", "step", "group", "k")
     assert list(ds.run.values) == ["sam", "sgd"] and list(ds.step.values) == [0, 10]
     # mlp(depth=1, norm="batch"): Linear, BatchNorm, head - one group each, in model order.
@@ -306,10 +311,10 @@ def test_plot_cli_draws_the_layer_figure_and_skips_one_group_figures(analysed, c
     assert (out / "hessian_layers.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_layer_figure_draws_the_stored_numbers(analysed):
+def test_layer_figure_draws_the_stored_numbers(grouped):
     from landscape import plots
 
-    ds = _open(analysed["res"])
+    ds = grouped
     fig = plots.layer_spectra(ds)
     lam_ax, trace_ax = fig.axes
     assert lam_ax.get_ylabel() == r"top eigenvalue $\lambda_{\max}$ (nats)"

@@ -138,5 +138,5 @@ def layer_spectra(
         else:
             when = f"steps {all_steps[0]}-{all_steps[-1]}, earlier lighter"
         note = _group_note(ds)
-        axes[0].set_title(", ".join(t for t in ("Hessian block of each group", when, note) if t), fontsize="medium")
+        axes[0].set_title("\n".join(t for t in (f"each group's Hessian block, {when}", note) if t), fontsize="small")
     return fig
