@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -315,6 +316,39 @@ class Objective:
             raise TypeError(f"Objective.from_options: unknown override(s) {unknown}; accepted: {', '.join(kwargs)}")
         kwargs.update(overrides)
         return cls(model, data, **kwargs)
+
+    def with_params(self, params: GroupSpec) -> Objective:
+        """The same objective as a function of another parameter group, without restaging.
+
+        The staged batches, loss, modes, device, dtype, buffers and the :attr:`calls` counter are
+        shared with ``self`` (nothing is copied but the new group's flat ``theta0``); every
+        parameter outside the new group is held at this objective's values (``theta0`` for this
+        group's, the fixed copies for the others). Per-group analyses use it to build one
+        objective per block from one staging of the data.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> obj = Objective(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), (torch.randn(6, 3), torch.arange(6) % 2))
+            >>> head = obj.with_params("glob:1.*")
+            >>> head.names, head.numel, head.batches()[0][0] is obj.batches()[0][0]
+            (['1.weight', '1.bias'], 10, True)
+        """
+        state = dict(self._fixed)
+        state.update(self.unflatten(self.theta0))
+        chosen = select(self.model, params)  # raises GroupError when empty
+        new = copy.copy(self)
+        sel = [state[n] for n in chosen]
+        new.names = list(chosen)
+        new.shapes = [t.shape for t in sel]
+        new._numels = [t.numel() for t in sel]
+        new.numel = sum(new._numels)
+        new._fixed = {n: t for n, t in state.items() if n not in chosen}
+        new._param_dtypes = [t.dtype for t in sel]
+        dtypes = {t.dtype for t in sel}
+        flat_dtype = sel[0].dtype if len(dtypes) == 1 else torch.float64
+        new.theta0 = torch.cat([t.detach().reshape(-1).to(flat_dtype) for t in sel])
+        return new
 
     # ------------------------------------------------------------------ flat <-> named
     def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:

@@ -26,6 +26,7 @@ from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
+from landscape.plots.layers import is_grouped, layer_spectra
 from landscape.plots.norm_params import norm_param_histograms
 from landscape.plots.robustness import robust_accuracy_vs_eps
 from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
@@ -65,11 +66,18 @@ def _slice_spec(stem: str, fn: Callable[..., Any]) -> FigureSpec:
     return FigureSpec(stem, fn, ("loss",), at_step=True, when=lambda ds: stem in slice_figures(ds))
 
 
+def _one_group(ds: xr.Dataset) -> bool:
+    return not is_grouped(ds)
+
+
 FIGURES: dict[str, tuple[FigureSpec, ...]] = {
     "hessian": (
-        FigureSpec("hessian_density", spectral_density, ("density",), at_step=True),
-        FigureSpec("hessian_eigenvalues", top_eigenvalues, ("eigenvalues",)),
-        FigureSpec("hessian_trace", trace, ("trace", "trace_stderr")),
+        # One-group results; a result with a `group` dim (params="each:layer", a list) is drawn
+        # per group by hessian_layers instead.
+        FigureSpec("hessian_density", spectral_density, ("density",), at_step=True, when=_one_group),
+        FigureSpec("hessian_eigenvalues", top_eigenvalues, ("eigenvalues",), when=_one_group),
+        FigureSpec("hessian_trace", trace, ("trace", "trace_stderr"), when=_one_group),
+        FigureSpec("hessian_layers", layer_spectra, ("eigenvalues",), at_step=True, when=is_grouped),
     ),
     "sharpness": (
         FigureSpec("sharpness_rho", sharpness_vs_rho, ("sharpness_mean", "sharpness_sem"), at_step=True),
@@ -275,7 +283,7 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help="draw figures from a results folder (and training curves from run folders)",
         description="Draw every figure the results of `landscape analyze` allow: Hessian density, "
-                    "eigenvalues and trace; sharpness vs rho and vs step; normalization-parameter "
+                    "eigenvalues and trace (per layer for params=each:layer results); sharpness vs rho and vs step; normalization-parameter "
                     "histograms; loss-landscape slices (1-D curves, interpolation, 2-D contour and "
                     "surface, trajectory plane); and, with --runs, training curves. Missing analyses are skipped.",
     )
