@@ -143,6 +143,9 @@ def hessian_spectrum(
     logit_normalize: bool = False,
     params: str | Sequence[str] = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     top_k: int = 5,
@@ -198,6 +201,11 @@ def hessian_spectrum(
             loaded 2-core CPU: 230-250 ms per full product vs 74-150 ms per stage block, and
             130-160 ms to build a block's graph, less than one product, against ~1,100
             products per group with the defaults).
+        device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
+            "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
+            copies of its parameters are), pieces of at most ``micro_batch_size`` examples per
+            batch (the same function, less memory) and TF32 matmuls on CUDA (off by default);
+            see :class:`~landscape.objective.Objective` and README "Analyses on a GPU".
         top_k: number of eigenvalues (``<= `` the group's dimension).
         which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
         tol: relative Ritz-residual tolerance of Lanczos.
