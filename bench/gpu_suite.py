@@ -56,6 +56,7 @@ Usage:
     .venv/bin/python bench/gpu_suite.py --device cuda --out bench/gpu_suite.md     # the whole suite
     .venv/bin/python bench/gpu_suite.py --device cuda --parts hessian              # one part
     .venv/bin/python bench/gpu_suite.py --tiny                                     # CPU smoke run
+    .venv/bin/python bench/gpu_suite.py --estimate     # planned FLOPs per part (meta device), any machine
 
 ``--out PATH`` writes the table (``.md``) or the numbers (``.json``, any other suffix: both,
 ``PATH.json`` and ``PATH.md``).
@@ -125,9 +126,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_kw(fn: Callable, device: torch.device) -> dict:
-    """``device=`` for analyses that take it (the data is otherwise staged on the model's device)."""
-    return {"device": str(device)} if "device" in inspect.signature(fn).parameters else {}
+def supported(fn: Callable, **kw) -> dict:
+    """The keywords of ``kw`` that ``fn`` takes: ``device=`` / ``tf32=`` / ``autocast=`` where an
+    analysis offers them (without ``device=`` the data is staged on the model's device, which
+    is already ``--device``)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kw.items() if k in params and v is not None}
 
 
 # ----------------------------------------------------------------------------- device throughput
@@ -209,6 +213,73 @@ class UnitCosts:
         return self.cache[key]
 
 
+# Nominal dense peaks of the target GPUs (datasheets; used only by --estimate, never as a measure).
+NOMINAL_TFLOPS = {"H100 SXM float32": 67.0, "H100 SXM TF32": 495.0, "H100 SXM bf16": 990.0}
+
+
+def meta_costs(size: Size) -> dict[str, float]:
+    """FLOPs per example of a forward, forward+backward and recomputed double-backward HVP of the
+    suite's model, counted on the ``meta`` device (no memory, no arithmetic: any size on a laptop)."""
+    with torch.device("meta"):
+        model = landscape.build_model("wrn", input_shape=(3, size.image, size.image), num_classes=10,
+                                      depth=size.depth, widen_factor=size.widen)
+    model.eval()
+    b = 8
+    x = torch.randn(b, 3, size.image, size.image, device="meta")
+    y = torch.randint(0, 10, (b,), device="meta")
+    params = list(model.parameters())
+
+    def fwdbwd():
+        torch.autograd.grad(F.cross_entropy(model(x), y), params)
+
+    def hvp():
+        g = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        torch.autograd.grad(g, params, [torch.ones_like(p) for p in params])
+
+    return {"fwd": counted(lambda: model(x)) / b, "fwdbwd": counted(fwdbwd) / b, "hvp": counted(hvp) / b,
+            "parameters": sum(p.numel() for p in params)}
+
+
+def estimate(size: Size) -> list[dict]:
+    """Planned FLOPs per part from the options alone (call counts as the analyses make them;
+    Lanczos at its ``max_steps`` budget, an upper bound), and the floor at nominal peaks."""
+    c = meta_costs(size)
+    B = size.sharp_n // size.sharp_m
+    R = len(size.rhos)
+    hess_hvps = size.hess_max_steps + size.trace_samples + size.slq_runs * size.slq_steps
+    plan = {
+        "train": (size.train_steps * size.train_batch * c["fwdbwd"], "fp32",
+                  f"{size.train_steps} SGD steps of {size.train_batch}"),
+        "sharpness": ((B + B * R * size.sharp_steps) * size.sharp_m * c["fwdbwd"]
+                      + (B + B * R) * size.sharp_m * c["fwd"], "fp32",
+                      f"{B + B * R * size.sharp_steps} fwd+bwd, {B + B * R} fwd of {size.sharp_m}"),
+        "hessian": (hess_hvps * size.hess_n * c["hvp"] + size.hess_n * c["fwd"], "fp32",
+                    f"<= {hess_hvps} full-data HVPs on {size.hess_n} ({size.hess_max_steps} Lanczos + "
+                    f"{size.trace_samples} trace + {size.slq_runs}x{size.slq_steps} SLQ)"),
+        "slice": (size.slice_points**2 * size.slice_n * c["fwd"], "bf16-able",
+                  f"{size.slice_points}^2 x {size.slice_n} example forwards"),
+        "feature_rank": (size.rank_n * c["fwd"], "bf16-able", f"{size.rank_n} example forwards"),
+    }
+    rows = []
+    for part, (flops, kind, what) in plan.items():
+        fast = NOMINAL_TFLOPS["H100 SXM bf16" if kind == "bf16-able" else "H100 SXM TF32"]
+        rows.append({"part": part, "tflop": flops / 1e12, "what": what,
+                     "floor_s_fp32": flops / (NOMINAL_TFLOPS["H100 SXM float32"] * 1e12),
+                     "floor_s_tensor_cores": flops / (fast * 1e12),
+                     "tensor_cores": "bf16" if kind == "bf16-able" else "TF32"})
+    print(f"# estimate (not a measurement): wrn depth {size.depth} widen {size.widen} ({c['parameters']:,} "
+          f"parameters), GFLOP per example: forward {c['fwd'] / 1e9:.3g}, forward+backward {c['fwdbwd'] / 1e9:.3g}, "
+          f"double-backward HVP {c['hvp'] / 1e9:.3g} (FlopCounterMode on the meta device); floors at the nominal "
+          "H100 SXM dense peaks " + ", ".join(f"{k} {v:g} TFLOP/s" for k, v in NOMINAL_TFLOPS.items()) + "\n")
+    print("| part | planned work | TFLOP | floor s, float32 | floor s, TF32 / bf16 |\n|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['part']} | {r['what']} | {r['tflop']:.4g} | {r['floor_s_fp32']:.3g} | "
+              f"{r['floor_s_tensor_cores']:.3g} ({r['tensor_cores']}) |")
+    tot = [sum(r[k] for r in rows) for k in ("floor_s_fp32", "floor_s_tensor_cores")]
+    print(f"| total | | {sum(r['tflop'] for r in rows):.4g} | {tot[0]:.0f} | {tot[1]:.0f} |")
+    return rows
+
+
 def calls(ds) -> dict[str, int]:
     return {k: int(ds.attrs.get(f"calls_{k}", 0)) for k in ("loss", "grad", "hvp", "logits")}
 
@@ -267,6 +338,7 @@ def run_suite(args) -> dict:
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     parts = [p for p in PARTS if p in args.parts]
+    tf32 = True if args.tf32 else None  # passed only when asked: the analyses' default is off
     fp32 = matmul_flops_per_second(device, torch.float32, size.matmul_n)
     bf16 = matmul_flops_per_second(device, torch.bfloat16, size.matmul_n) if args.bf16 else None
     bandwidth = copy_bytes_per_second(device, size.matmul_n)
@@ -318,7 +390,7 @@ def run_suite(args) -> dict:
                 "m": size.sharp_m, "steps": size.sharp_steps, "progress": False}
     if "sharpness" in parts:
         ds, secs, peak = timed(lambda: landscape.sharpness(
-            model, (x[: size.sharp_n], y[: size.sharp_n]), **sharp_kw, **device_kw(landscape.sharpness, device)))
+            model, (x[: size.sharp_n], y[: size.sharp_n]), **sharp_kw, **supported(landscape.sharpness, device=str(device), tf32=tf32)))
         c = calls(ds)
         flops = c["grad"] * costs.forward_backward(size.sharp_m) + (c["loss"] + c["logits"]) * costs.forward(size.sharp_m)
         add(Row("sharpness", secs, peak, flops / fp32,
@@ -328,7 +400,7 @@ def run_suite(args) -> dict:
         hess_kw = {"batch_size": size.hess_batch, "top_k": 5, "max_steps": size.hess_max_steps,
                    "trace_samples": size.trace_samples, "slq_runs": size.slq_runs, "slq_steps": size.slq_steps, "progress": False}
         ds, secs, peak = timed(lambda: landscape.hessian_spectrum(
-            model, (x[: size.hess_n], y[: size.hess_n]), **hess_kw, **device_kw(landscape.hessian_spectrum, device)))
+            model, (x[: size.hess_n], y[: size.hess_n]), **hess_kw, **supported(landscape.hessian_spectrum, device=str(device), tf32=tf32)))
         c = calls(ds)
         method = ds.attrs["hvp_method"]
         flops = (c["hvp"] * costs.hvp(size.hess_batch, method) + c["grad"] * costs.forward_backward(size.hess_batch)
@@ -344,7 +416,7 @@ def run_suite(args) -> dict:
         kw = {"kind": "random", "ndim": 2, "normalization": "filter", "grid": f"-1:1:{size.slice_points}",
               "batch_size": size.slice_batch, "autocast": autocast, "progress": False}
         ds, secs, peak = timed(lambda: landscape.slice_analysis(
-            model, (x[: size.slice_n], y[: size.slice_n]), **kw, **device_kw(landscape.slice_analysis, device)))
+            model, (x[: size.slice_n], y[: size.slice_n]), **kw, **supported(landscape.slice_analysis, device=str(device), tf32=tf32)))
         c = calls(ds)
         flops = (c["loss"] + c["logits"]) * costs.forward(size.slice_batch, autocast) \
             + c["grad"] * costs.forward_backward(size.slice_batch)
@@ -352,12 +424,11 @@ def run_suite(args) -> dict:
                 f"{c['loss'] + c['logits']} fwd of {size.slice_batch} ({size.slice_points}x{size.slice_points} grid)",
                 f"loss {float(ds.loss.min()):.3g}..{float(ds.loss.max()):.3g}"))
     if "feature_rank" in parts:
-        kw = {"n": size.rank_n, "batch_size": size.rank_batch, "progress": False}
-        if args.bf16 and "autocast" in inspect.signature(landscape.feature_rank).parameters:
-            kw["autocast"] = "bf16"
+        kw = {"n": size.rank_n, "batch_size": size.rank_batch, "progress": False,
+              **supported(landscape.feature_rank, autocast=autocast, device=str(device), tf32=tf32)}
         rate = bf16 if "autocast" in kw else fp32
         ds, secs, peak = timed(lambda: landscape.feature_rank(
-            model, (x[: size.rank_n], y[: size.rank_n]), **kw, **device_kw(landscape.feature_rank, device)))
+            model, (x[: size.rank_n], y[: size.rank_n]), **kw))
         c = calls(ds)
         flops = (c["loss"] + c["logits"]) * costs.forward(size.rank_batch, kw.get("autocast"))
         add(Row("feature_rank", secs, peak, flops / rate, f"{c['loss'] + c['logits']} fwd of {size.rank_batch}",
@@ -428,11 +499,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (the throughput too)")
     ap.add_argument("--bf16", action="store_true", help="autocast bf16 for the forward-only parts (slice, feature rank)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (0: leave as is)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="no run: FLOPs per part counted on the meta device x the planned calls, floors at nominal peaks")
     ap.add_argument("--out", default=None, help="write the table (.md), the numbers (.json) or both (other suffix)")
     args = ap.parse_args(argv)
     torch_device = torch.device(args.device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here; accepted: cpu, or cuda on a GPU machine")
+    if args.estimate:
+        return {"estimate": estimate(TINY if args.tiny else FULL)}
     out = run_suite(args)
     if args.out:
         write_out(args.out, out)

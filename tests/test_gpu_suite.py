@@ -87,3 +87,21 @@ def test_bad_part_is_refused_with_the_accepted_names(capsys):
         gs.main(["--tiny", "--parts", "hessian,bogus"])
     err = capsys.readouterr().err
     assert "bogus" in err and "feature_rank" in err
+
+
+def test_estimate_plans_the_calls_the_tiny_run_made(tiny_run, capsys):
+    """--estimate's call counts (from the options alone) are the ones the analyses really made:
+    equal for sharpness, an upper bound for the Hessian (Lanczos may stop before max_steps)."""
+    _, out = tiny_run
+    gs = _module()
+    plan = {r["part"]: r for r in gs.estimate(gs.TINY)}
+    capsys.readouterr()
+    rows = {r["part"]: r for r in out["parts"]}
+    assert plan["sharpness"]["what"] == rows["sharpness"]["what"]
+    planned = int(re.match(r"<= (\d+) full-data HVPs", plan["hessian"]["what"]).group(1))
+    full = re.match(r"\d+ HVPs \(\S+\) of \d+ = (.*) full-data", rows["hessian"]["what"]).group(1)
+    assert sum(int(t.split()[0]) for t in full.split("+")) <= planned
+    n_fwd, batch = map(int, re.match(r"(\d+) fwd of (\d+)", rows["slice"]["what"]).groups())
+    assert n_fwd * batch == gs.TINY.slice_points**2 * gs.TINY.slice_n
+    assert plan["slice"]["what"].startswith(f"{gs.TINY.slice_points}^2 x {gs.TINY.slice_n} ")
+    assert all(math.isfinite(r["tflop"]) and r["tflop"] > 0 for r in plan.values())
