@@ -27,10 +27,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
-# The slice bench's peer, loss-landscapes, is not a test dependency; --no-deps so it never pulls
-# another torch (it needs only numpy and torch, both installed).
+# The benches' peers are not test dependencies. --no-deps so none pulls another torch:
+# curvlinops-for-pytorch requires backpack-for-pytorch, which requires torchvision (a CUDA torch);
+# the parts the benches call import only what is listed here (+ numpy, scipy, tqdm, installed).
+BENCH_PEERS = loss-landscapes==3.0.6 pyhessian==0.1 curvlinops-for-pytorch==3.0.1 einops==0.8.2 \
+	einconv==0.1.0 linear_operator==0.6.1 hessian-eigenthings==1.0.0a5
 bench: $(STAMP)
-	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
+	$(PY) -m pip install -q --no-deps $(BENCH_PEERS)
 	$(PY) bench/run_all.py
 
 lint: $(STAMP)
