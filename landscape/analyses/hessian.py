@@ -155,16 +155,9 @@ def hessian_spectrum(
         model: the network (never modified).
         data: anything :class:`~landscape.objective.Objective` accepts (:mod:`landscape.inputs`:
             a ``Dataset``, ``DataLoader``, ``(x, y)`` tuple, iterable of tuple or dict batches).
-        batch_size, max_samples, bn_mode, loss, logit_normalize, dtype, batch_fn,
-            output_fn: the shared objective options (:class:`~landscape.objective.ObjectiveOptions`);
-            ``loss`` also takes a callable or ``nn.Module``, ``dtype`` a ``torch.dtype``,
-            ``batch_fn`` / ``output_fn`` callables (all recorded by name in ``config_json``).
-            ``bn_mode="train"`` is a different, partition-dependent matrix.
-        params: the Hessian block of a group (the other parameters, and frozen ones with
-            ``requires_grad=False``, fixed). One group spec (:mod:`landscape.params`: ``"all"``,
+        params: one group spec (:mod:`landscape.params`: ``"all"``,
             ``"norm"``, ``"B3"``, a union ``"B2+B3"`` or ``"glob:fc.*|head.*"``): one spectrum,
-            no ``group`` dim. Or
-            several groups, one spectrum each along a ``group`` dimension
+            no ``group`` dim. Or several groups, one spectrum each along a ``group`` dimension
             (:func:`landscape.params.expand_groups`): ``"each:layer"`` (one group per module
             that directly owns trainable parameters, named by the module, in model order),
             ``"each:stage"`` (``B1``, ``B2``, ... of the model's ``stages``), or a list, one
@@ -182,6 +175,13 @@ def hessian_spectrum(
             loaded 2-core CPU: 230-250 ms per full product vs 74-150 ms per stage block, and
             130-160 ms to build a block's graph, less than one product, against ~1,100
             products per group with the defaults).
+        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
+            output_fn: the shared objective options (:class:`~landscape.objective.ObjectiveOptions`);
+            ``loss`` also takes a callable or ``nn.Module``, ``dtype`` a ``torch.dtype``,
+            ``batch_fn`` / ``output_fn`` callables (all recorded by name in ``config_json``).
+            ``params`` selects the Hessian block of a group (the other parameters, and frozen
+            ones with ``requires_grad=False``, fixed); ``bn_mode="train"`` is a different,
+            partition-dependent matrix.
         top_k: number of eigenvalues (``<= `` the group's dimension).
         which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
         tol: relative Ritz-residual tolerance of Lanczos.
