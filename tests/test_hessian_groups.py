@@ -334,5 +334,9 @@ def test_layer_figure_draws_the_stored_numbers(grouped):
     assert direct.axes[0].get_title().startswith("each group's Hessian block\n")
     with pytest.raises(plots.PlotError, match=r"no eigenvalues at step=5; steps with data: \[0, 10\]"):
         plots.layer_spectra(ds, step=5)
+    for fn in (plots.top_eigenvalues, plots.trace, plots.spectral_density):  # one-group figures refuse, clearly
+        with pytest.raises(plots.PlotError, match=fn.__name__ + r" draws one parameter group; this result holds 3 "
+                                                  r"groups \(body.1, body.2, head\): pick one with ds.sel\(group=NAME\)"):
+            fn(ds)
     with pytest.raises(plots.PlotError, match="layer_spectra needs a 'hessian' result .*missing group"):
         plots.layer_spectra(ds.isel(group=0, drop=True))

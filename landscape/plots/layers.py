@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,11 +33,19 @@ from landscape.plots.common import (
     style,
     with_run_step,
 )
-from landscape.plots.hessian import _group_note, _options
+from landscape.plots.hessian import _group_note
 
 __all__ = ["is_grouped", "layer_spectra"]
 
 _TOP = {"LA": r"$\lambda_{\max}$", "SA": r"$\lambda_{\min}$", "LM": r"largest $|\lambda|$"}
+
+
+def _which(ds: xr.Dataset) -> str:
+    """The ``which`` option of the result (``"LA"`` when not recorded)."""
+    try:
+        return str(json.loads(str(ds.attrs.get("config_json", "{}"))).get("which", "LA"))
+    except (ValueError, TypeError, AttributeError):
+        return "LA"
 
 
 def is_grouped(ds: xr.Dataset) -> bool:
@@ -94,7 +103,7 @@ def layer_spectra(
     kinds = [str(k) for k in ds["group_module"].values] if "group_module" in ds.coords else [""] * len(groups)
     ticks = [f"{g} ({k})" if k else g for g, k in zip(groups, kinds)]
     lam = ds["eigenvalues"].isel(k=0).transpose("run", "step", "group")
-    panels: list[tuple[xr.DataArray, str]] = [(lam, "top eigenvalue " + _TOP.get(str(_options(ds).get("which", "LA")),
+    panels: list[tuple[xr.DataArray, str]] = [(lam, "top eigenvalue " + _TOP.get(_which(ds),
                                                                                   r"$\lambda_1$"))]
     if "trace" in ds.data_vars and ds["trace"].dims and "group" in ds["trace"].dims:
         panels.append((ds["trace"].transpose("run", "step", "group"), "trace"))
