@@ -37,6 +37,7 @@ _API: dict[str, str] = {
     "ModelSpec": "landscape.specs",
     "SpecError": "landscape.specs",
     "select": "landscape.params",
+    "expand_groups": "landscape.params",
     "GroupError": "landscape.params",
     # training
     "train": "landscape.trainer",

@@ -230,6 +230,23 @@ def layer_groups(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
     return [(owner, tuple(names)) for owner, names in groups.items()]
 
 
+def owner_type(model: nn.Module, spec: GroupSpec) -> str:
+    """The class name of the one module that directly owns every parameter of the group
+    (``"Conv2d"`` for an ``each:layer`` group), else ``""`` (a stage, a union of layers, or
+    parameters on the model itself).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> owner_type(m, "norm"), owner_type(m, "all")
+        ('BatchNorm1d', '')
+    """
+    owners = {name.rpartition(".")[0] for name in select(model, spec)}
+    if len(owners) != 1 or "" in owners:
+        return ""
+    return type(model.get_submodule(owners.pop())).__name__
+
+
 def expand_groups(model: nn.Module, spec: str | Iterable[str]) -> list[tuple[str, GroupSpec]]:
     """The groups of a per-group spec, as ``[(name, group spec), ...]`` in order.
 

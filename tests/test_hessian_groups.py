@@ -58,6 +58,7 @@ def test_each_layer_blocks_match_dense_hessian(dense):
     m, xy, H, offsets = dense
     res = hessian_spectrum(m, xy, params="each:layer", batch_size=None, **FAST)
     assert list(res.group.values) == ["0", "1", "4"]
+    assert list(res.group_module.values) == ["Conv2d", "BatchNorm2d", "Linear"]
     assert res.eigenvalues.dims == ("group", "k") and res.trace.dims == ("group",)
     for name, names in layer_groups(m):
         block = _block(H, offsets, names)
@@ -84,6 +85,7 @@ def test_list_gives_one_group_per_item_and_equals_single_calls(dense):
     groups = ["glob:0.*|4.bias", "1.weight", "norm"]
     res = hessian_spectrum(m, xy, params=groups, batch_size=None, **FAST)
     assert list(res.group.values) == groups
+    assert list(res.group_module.values) == ["", "BatchNorm2d", "BatchNorm2d"]
     for g in groups:
         names = list(select(m, (g,) if g == "1.weight" else g))
         block = _block(H, offsets, names)
@@ -319,7 +321,8 @@ def test_layer_figure_draws_the_stored_numbers(grouped):
     lam_ax, trace_ax = fig.axes
     assert lam_ax.get_ylabel() == r"top eigenvalue $\lambda_{\max}$ (nats)"
     assert trace_ax.get_ylabel() == "trace (nats)" and trace_ax.get_xlabel() == "parameter group (model order)"
-    assert [t.get_text() for t in trace_ax.get_xticklabels()] == list(ds.group.values)
+    assert [t.get_text() for t in trace_ax.get_xticklabels()] == [f"{g} ({k})" for g, k in zip(
+        ds.group.values, ["Linear", "BatchNorm1d", "Linear"])]
     lines = [ln for ln in lam_ax.get_lines() if ln.get_label() != "_nolegend_"]
     assert [ln.get_label() for ln in lines] == ["sam", "sgd"]  # the last step of each run, bold
     for ln in lines:
@@ -327,7 +330,13 @@ def test_layer_figure_draws_the_stored_numbers(grouped):
     assert len(lam_ax.get_lines()) == 4  # and step 0 of each run, lighter
     one = plots.layer_spectra(ds, step=0)
     assert len(one.axes[0].get_lines()) == 2 and "step 0" in one.axes[0].get_title()
+    direct = plots.layer_spectra(ds.isel(run=0, step=0, drop=True))  # an analysis' own output: no step
+    assert direct.axes[0].get_title().startswith("each group's Hessian block\n")
     with pytest.raises(plots.PlotError, match=r"no eigenvalues at step=5; steps with data: \[0, 10\]"):
         plots.layer_spectra(ds, step=5)
+    for fn in (plots.top_eigenvalues, plots.trace, plots.spectral_density):  # one-group figures refuse, clearly
+        with pytest.raises(plots.PlotError, match=fn.__name__ + r" draws one parameter group; this result holds 3 "
+                                                  r"groups \(body.1, body.2, head\): pick one with ds.sel\(group=NAME\)"):
+            fn(ds)
     with pytest.raises(plots.PlotError, match="layer_spectra needs a 'hessian' result .*missing group"):
         plots.layer_spectra(ds.isel(group=0, drop=True))

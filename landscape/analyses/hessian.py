@@ -62,7 +62,7 @@ from landscape.analyses.slq import default_grid, default_sigma, gaussian_density
 from landscape.analyses.trace import TraceEstimate, deflated_trace, hutchinson, hutchpp, xtrace
 from landscape.config import check
 from landscape.objective import Objective, ObjectiveOptions
-from landscape.params import GroupSpec, expand_groups, is_per_group, select
+from landscape.params import GroupSpec, expand_groups, is_per_group, owner_type, select
 from landscape.progress import Progress
 
 __all__ = ["HessianOptions", "hessian_spectrum"]
@@ -174,16 +174,9 @@ def hessian_spectrum(
         model: the network (never modified).
         data: anything :class:`~landscape.objective.Objective` accepts (:mod:`landscape.inputs`:
             a ``Dataset``, ``DataLoader``, ``(x, y)`` tuple, iterable of tuple or dict batches).
-        batch_size, max_samples, bn_mode, loss, logit_normalize, dtype, batch_fn,
-            output_fn: the shared objective options (:class:`~landscape.objective.ObjectiveOptions`);
-            ``loss`` also takes a callable or ``nn.Module``, ``dtype`` a ``torch.dtype``,
-            ``batch_fn`` / ``output_fn`` callables (all recorded by name in ``config_json``).
-            ``bn_mode="train"`` is a different, partition-dependent matrix.
-        params: the Hessian block of a group (the other parameters, and frozen ones with
-            ``requires_grad=False``, fixed). One group spec (:mod:`landscape.params`: ``"all"``,
+        params: one group spec (:mod:`landscape.params`: ``"all"``,
             ``"norm"``, ``"B3"``, a union ``"B2+B3"`` or ``"glob:fc.*|head.*"``): one spectrum,
-            no ``group`` dim. Or
-            several groups, one spectrum each along a ``group`` dimension
+            no ``group`` dim. Or several groups, one spectrum each along a ``group`` dimension
             (:func:`landscape.params.expand_groups`): ``"each:layer"`` (one group per module
             that directly owns trainable parameters, named by the module, in model order),
             ``"each:stage"`` (``B1``, ``B2``, ... of the model's ``stages``), or a list, one
@@ -239,7 +232,8 @@ def hessian_spectrum(
         nodes and the loss are in the loss's units ("nats" for cross-entropy, else "1").
 
         Several groups: the same variables with a leading ``group`` dim (coordinate ``group``:
-        the item of the list or the module / stage name), the density grid ``eigenvalue`` per
+        the item of the list or the module / stage name; ``group_module``: the class of the one
+        module owning the group, e.g. "Conv2d", else ""), the density grid ``eigenvalue`` per
         group ``(group, grid)``, ``group_parameters(group)`` (each block's dimension), every
         numeric per-group attribute (``lanczos_steps``, ``sigma``, ``grid_min``, timings, ...) as
         a variable along ``group``, ``loss`` a scalar; Ritz vectors (``eigenvectors=True``) on
@@ -267,7 +261,7 @@ def hessian_spectrum(
     loss0 = obj.check_finite()
     parts = [_one_group(obj.with_params(spec), opts.replace(params=name), progress, loss0=loss0, label=name)
              for name, spec in groups]
-    return _concat_groups(parts, [name for name, _ in groups], opts, obj)
+    return _concat_groups(parts, [name for name, _ in groups], [owner_type(model, spec) for _, spec in groups], opts, obj)
 
 
 def _union(model: torch.nn.Module, groups: list[tuple[str, GroupSpec]]) -> list[str]:
@@ -314,7 +308,8 @@ _STAMPED = ("analysis", "config_json", "landscape_version", "torch_version", "nu
             "num_batches", "loss", "loss_units", "calls_loss", "calls_grad", "calls_hvp", "calls_logits")
 
 
-def _concat_groups(parts: list[xr.Dataset], names: list[str], opts: HessianOptions, obj: Objective) -> xr.Dataset:
+def _concat_groups(parts: list[xr.Dataset], names: list[str], kinds: list[str], opts: HessianOptions,
+                   obj: Objective) -> xr.Dataset:
     """One result with a ``group`` dimension from the per-group results.
 
     The layout depends on the options only, never on the values, so results of several
@@ -344,7 +339,9 @@ def _concat_groups(parts: list[xr.Dataset], names: list[str], opts: HessianOptio
         out = xr.concat(cleaned, dim="group", data_vars="all", coords="all", compat="equals", join="outer",
                         fill_value={"slq_weights": 0.0}, combine_attrs="override")
     out = out.assign_coords(group=("group", np.array(names, dtype=object), {
-        "long_name": "parameter group (spec or module name)", "units": "1"}))
+        "long_name": "parameter group (spec or module name)", "units": "1"}),
+        group_module=("group", np.array(kinds, dtype=object), {
+            "long_name": "class of the module owning the whole group ('' for several)", "units": "1"}))
     out["loss"] = parts[0]["loss"]  # the same point and data for every group
     if eigvecs is not None:
         out = out.assign(eigenvectors=eigvecs)

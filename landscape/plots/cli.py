@@ -283,7 +283,7 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help="draw figures from a results folder (and training curves from run folders)",
         description="Draw every figure the results of `landscape analyze` allow: Hessian density, "
-                    "eigenvalues and trace (per layer for params=each:layer results); sharpness vs rho and vs step; normalization-parameter "
+                    "eigenvalues and trace; sharpness vs rho and vs step; normalization-parameter "
                     "histograms; loss-landscape slices (1-D curves, interpolation, 2-D contour and "
                     "surface, trajectory plane); and, with --runs, training curves. Missing analyses are skipped.",
     )

@@ -113,6 +113,7 @@ def spectral_density(
     """
     need = ("slq_nodes", "slq_weights") if sigma is not None else ("density",)
     require(ds, "spectral_density", "hessian", need)
+    _one_group_only(ds, "spectral_density")
     ds = with_run_step(ds)
     chosen = select_steps(ds[need[0]], step)
     colors = run_colors(runs_of(ds), colors)
@@ -144,6 +145,16 @@ def spectral_density(
         ax.set_title(", ".join(t for t in (step_note(chosen), _sigma_note(ds, sigma), _group_note(ds)) if t))
         ax.legend(title="run")
     return fig
+
+
+def _one_group_only(ds: xr.Dataset, figure_name: str) -> None:
+    """A per-group result (``params="each:layer"`` or a list) holds one spectrum per group."""
+    if "group" in ds.dims:
+        raise PlotError(
+            f"{figure_name} draws one parameter group; this result holds {ds.sizes['group']} groups "
+            f"({', '.join(map(str, ds['group'].values[:4]))}{', ...' if ds.sizes['group'] > 4 else ''}): "
+            "pick one with ds.sel(group=NAME), or draw landscape.plots.layer_spectra(ds)"
+        )
 
 
 def _grid_values(d: xr.DataArray) -> np.ndarray:
@@ -195,6 +206,7 @@ def top_eigenvalues(
         name, the others ``_nolegend_``; the title explains the shades.
     """
     require(ds, "top_eigenvalues", "hessian", ("eigenvalues",), dims=("k",))
+    _one_group_only(ds, "top_eigenvalues")
     ds = with_run_step(ds)
     ks = [int(x) for x in ds["k"].values]
     if k is not None:
@@ -248,6 +260,7 @@ def trace(
         The Figure: one line (and one band) per run, labelled with the run name.
     """
     require(ds, "trace", "hessian", ("trace", "trace_stderr"))
+    _one_group_only(ds, "trace")
     ds = with_run_step(ds)
     colors = run_colors(runs_of(ds), colors)
     with style():

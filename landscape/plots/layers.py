@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,11 +33,19 @@ from landscape.plots.common import (
     style,
     with_run_step,
 )
-from landscape.plots.hessian import _group_note, _options
+from landscape.plots.hessian import _group_note
 
 __all__ = ["is_grouped", "layer_spectra"]
 
 _TOP = {"LA": r"$\lambda_{\max}$", "SA": r"$\lambda_{\min}$", "LM": r"largest $|\lambda|$"}
+
+
+def _which(ds: xr.Dataset) -> str:
+    """The ``which`` option of the result (``"LA"`` when not recorded)."""
+    try:
+        return str(json.loads(str(ds.attrs.get("config_json", "{}"))).get("which", "LA"))
+    except (ValueError, TypeError, AttributeError):
+        return "LA"
 
 
 def is_grouped(ds: xr.Dataset) -> bool:
@@ -73,8 +82,8 @@ def layer_spectra(
     Returns:
         The Figure: a ``lambda_max`` panel and, when the result holds ``trace``, a trace panel
         below it (with a +-1 standard-error bar at the last step); x tick labels are the group
-        names. The last step of each run is labelled with the run name, the others
-        ``_nolegend_``.
+        names, with the owning module's class where the result has one (``"0 (Conv2d)"``).
+        The last step of each run is labelled with the run name, the others ``_nolegend_``.
 
     Raises:
         PlotError: not a hessian result, no ``group`` dim, or no data at ``step``.
@@ -88,10 +97,13 @@ def layer_spectra(
         ['top eigenvalue $\\\\lambda_{\\\\max}$', 'trace']
     """
     require(ds, "layer_spectra", "hessian", ("eigenvalues",), dims=("group", "k"))
+    has_step = "step" in ds.dims or "step" in ds.coords  # a direct analysis output has none
     ds = with_run_step(ds)
     groups = [str(g) for g in ds["group"].values]
+    kinds = [str(k) for k in ds["group_module"].values] if "group_module" in ds.coords else [""] * len(groups)
+    ticks = [f"{g} ({k})" if k else g for g, k in zip(groups, kinds)]
     lam = ds["eigenvalues"].isel(k=0).transpose("run", "step", "group")
-    panels: list[tuple[xr.DataArray, str]] = [(lam, "top eigenvalue " + _TOP.get(str(_options(ds).get("which", "LA")),
+    panels: list[tuple[xr.DataArray, str]] = [(lam, "top eigenvalue " + _TOP.get(_which(ds),
                                                                                   r"$\lambda_1$"))]
     if "trace" in ds.data_vars and ds["trace"].dims and "group" in ds["trace"].dims:
         panels.append((ds["trace"].transpose("run", "step", "group"), "trace"))
@@ -131,12 +143,16 @@ def layer_spectra(
         axes[0].legend(title="run", fontsize="small")
         bottom = axes[-1]
         bottom.set_xticks(x)
-        bottom.set_xticklabels(groups, rotation=90 if len(groups) > 6 else 0, fontsize="small" if len(groups) > 6 else None)
+        wide = len(groups) > 6 or sum(map(len, ticks)) > 40
+        bottom.set_xticklabels(ticks, rotation=90 if wide else 0, fontsize="small" if wide else None)
         bottom.set_xlabel("parameter group (model order)")
-        if len(all_steps) == 1:
+        if not has_step:
+            when = ""
+        elif len(all_steps) == 1:
             when = f"step {all_steps[0]}"
         else:
             when = f"steps {all_steps[0]}-{all_steps[-1]}, earlier lighter"
         note = _group_note(ds)
-        axes[0].set_title("\n".join(t for t in (f"each group's Hessian block, {when}", note) if t), fontsize="small")
+        head = "each group's Hessian block" + (f", {when}" if when else "")
+        axes[0].set_title("\n".join(t for t in (head, note) if t), fontsize="small")
     return fig
