@@ -16,8 +16,16 @@ parameters the loss does not use give zero rows. Methods:
   28k-parameter CNN, 256 samples, 1 CPU thread) but the trace costs ~50-100 products and every
   batch's graph stays in memory.
 
-``"auto"`` (:func:`resolve_method`): "retained-graph" when the products cover one batch, else
-"double-backward".
+``"auto"`` (:func:`resolve_method`): "retained-graph" when the products cover one batch in one
+piece, else "double-backward".
+
+Micro-batches (the objective's ``micro_batch_size``): every method computes per piece of a
+batch and sums with the weights ``m_ij / N`` (:meth:`Objective.accumulate` with ``micro=True``),
+so a batch that does not fit in memory costs the memory of one piece ("jvp",
+"double-backward"; on ``torch.OutOfMemoryError`` these halve the pieces and start the product
+again, see :meth:`Objective.accumulate`); "retained-graph" and "linearize" keep every piece's
+graph, so they save nothing there and are never split automatically. Everything stays on the objective's device: vectors are moved there once per
+product and the result is returned there.
 
 Example:
     >>> import torch
@@ -39,6 +47,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, linearize
 
+from landscape.precision import tf32_matmuls
+
 if TYPE_CHECKING:
     from landscape.objective import Objective
 
@@ -50,16 +60,18 @@ METHODS = ("jvp", "linearize", "double-backward", "retained-graph")
 def resolve_method(obj: Objective, method: str = "auto", batch: int | None = None) -> str:
     """The concrete method for ``method`` ("auto" or one of :data:`METHODS`)."""
     if method == "auto":
-        return "retained-graph" if len(obj.batch_ids(batch)) == 1 else "double-backward"
+        ids = obj.batch_ids(batch)
+        one_piece = len(ids) == 1 and len(obj.micro_batch_sizes[ids[0]]) == 1
+        return "retained-graph" if one_piece else "double-backward"
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not accepted; accepted: {', '.join(METHODS)}, auto")
     return method
 
 
-def _double_backward(obj: Objective, theta: Tensor, i: int, v: Tensor) -> Tensor:
+def _double_backward(obj: Objective, theta: Tensor, i: int, j: int, v: Tensor) -> Tensor:
     t = theta.detach().requires_grad_(True)
     with torch.enable_grad():
-        li = obj.batch_loss(t, i)
+        li = obj.batch_loss(t, i, j)
         g = torch.autograd.grad(li, t, create_graph=True, allow_unused=True)[0] if li.requires_grad else None
         if g is None or not g.requires_grad:  # the loss is linear in (or independent of) theta
             return torch.zeros_like(t)
@@ -78,7 +90,8 @@ def hvp(obj: Objective, v: Tensor, theta: Tensor | None = None, batch: int | Non
     v = v.to(device=obj.device, dtype=theta.dtype)
     if method == "jvp":
         try:
-            out = obj.accumulate(lambda i: jvp(grad(obj.batch_loss_fn(i)), (theta,), (v,))[1], batch, "hvp")
+            out = obj.accumulate(lambda i, j: jvp(grad(obj.batch_loss_fn(i, j)), (theta,), (v,))[1], batch, "hvp",
+                                 micro=True, split_on_oom=True)
         except RuntimeError as e:
             if "ZeroTensors are immutable" not in str(e):
                 raise
@@ -89,7 +102,8 @@ def hvp(obj: Objective, v: Tensor, theta: Tensor | None = None, batch: int | Non
                 f"({e}); use method='double-backward' (or hvp_method='auto', which never picks jvp)"
             ) from None
     else:
-        out = obj.accumulate(lambda i: _double_backward(obj, theta, i, v), batch, "hvp")
+        out = obj.accumulate(lambda i, j: _double_backward(obj, theta, i, j, v), batch, "hvp", micro=True,
+                             split_on_oom=True)
     return out.to(theta.dtype)
 
 
@@ -99,20 +113,20 @@ def operator(obj: Objective, theta: Tensor | None = None, batch: int | None = No
     are counted in ``obj.calls["hvp"]``."""
     method = resolve_method(obj, method, batch)
     theta = obj.point(theta).detach()
-    ids = obj.batch_ids(batch)
+    pieces = [(i, j) for i in obj.batch_ids(batch) for j in range(len(obj.micro_batch_sizes[i]))]
     if method in ("jvp", "double-backward"):
         return lambda v: hvp(obj, v, theta, batch, method=method)
     if method == "retained-graph":
         t = theta.clone().requires_grad_(True)
-        grads: dict[int, Tensor | None] = {}
-        with torch.enable_grad():
-            for i in ids:
-                li = obj.batch_loss(t, i)
+        grads: dict[tuple[int, int], Tensor | None] = {}
+        with torch.enable_grad(), tf32_matmuls(obj.tf32):
+            for i, j in pieces:
+                li = obj.batch_loss(t, i, j)
                 g = torch.autograd.grad(li, t, create_graph=True, allow_unused=True)[0] if li.requires_grad else None
-                grads[i] = g if g is not None and g.requires_grad else None  # None: zero Hessian
+                grads[i, j] = g if g is not None and g.requires_grad else None  # None: zero Hessian
 
-        def product(i: int, v: Tensor) -> Tensor:
-            g = grads[i]
+        def product(i: int, j: int, v: Tensor) -> Tensor:
+            g = grads[i, j]
             if g is None:
                 return torch.zeros_like(t)
             (hv,) = torch.autograd.grad(g, t, v, retain_graph=True, allow_unused=True)
@@ -122,14 +136,15 @@ def operator(obj: Objective, theta: Tensor | None = None, batch: int | None = No
             # torch.fx constant folding inside linearize warns about its own graph internals.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            fns = {i: linearize(grad(obj.batch_loss_fn(i)), theta)[1] for i in ids}
+            with tf32_matmuls(obj.tf32):
+                fns = {(i, j): linearize(grad(obj.batch_loss_fn(i, j)), theta)[1] for i, j in pieces}
 
-        def product(i: int, v: Tensor) -> Tensor:
-            return fns[i](v).detach()
+        def product(i: int, j: int, v: Tensor) -> Tensor:
+            return fns[i, j](v).detach()
 
     def matvec(v: Tensor) -> Tensor:
         obj.check_flat(v, "v")
         v = v.to(device=obj.device, dtype=theta.dtype)
-        return obj.accumulate(lambda i: product(i, v), batch, "hvp").to(theta.dtype)
+        return obj.accumulate(lambda i, j: product(i, j, v), batch, "hvp", micro=True).to(theta.dtype)
 
     return matvec

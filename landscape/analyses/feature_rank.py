@@ -64,7 +64,9 @@ from landscape import inputs as _inputs
 from landscape.analyses.common import make_options, stamp
 from landscape.config import check, did_you_mean
 from landscape.losses import import_object
-from landscape.objective import ObjectiveOptions, _modes, dtype_name
+from landscape.memory import PeakMemory
+from landscape.objective import ObjectiveOptions, _modes, analysis_device, dtype_name
+from landscape.precision import Precision, tf32_matmuls
 from landscape.progress import Progress
 
 __all__ = ["PENULTIMATE", "FeatureRankOptions", "RankCappedWarning", "feature_rank", "layer_names",
@@ -109,6 +111,7 @@ class FeatureRankOptions(ObjectiveOptions):
     n: int | None = 10240
     threshold: float = 0.99
     centering: Literal["sample", "feature", "none"] = "sample"
+    autocast: Literal["bf16"] | None = None
 
     def _normalize(self) -> None:
         layers = self.layers
@@ -141,6 +144,14 @@ class FeatureRankOptions(ObjectiveOptions):
         check(self.params == "all",
               f"{name}.params={self.params!r} does not apply: features do not depend on a parameter group; "
               "leave it 'all'")
+        check(self.autocast in (None, "bf16"),
+              f"{name}.autocast={self.autocast!r} is not accepted; accepted: None (float32) or 'bf16'")
+        check(self.autocast is None or self.dtype != "float64",
+              f"{name}.autocast={self.autocast!r} with dtype='float64' is not accepted: bf16 autocast is measured "
+              "against float32; use dtype=None or 'float32'")
+        check(self.micro_batch_size is None,
+              f"{name}.micro_batch_size={self.micro_batch_size!r} does not apply: feature_rank's forward passes "
+              "are already batch_size examples each (no gradient graph is kept); lower batch_size instead")
         check(self.output_fn is None,
               f"{name}.output_fn={self.output_fn!r} does not apply: feature_rank never reads the model's "
               "output (features come from hooks on modules); leave it None")
@@ -345,22 +356,15 @@ def _hooks(model: nn.Module, targets: dict[tuple[str, str], Callable[[Tensor], N
             h.remove()
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _state(model: nn.Module, dtype: torch.dtype | None, bn_train: bool) -> dict[str, Tensor]:
-    """Parameters and buffers for ``functional_call``: float copies in ``dtype`` when given; buffers
-    cloned in train mode, so BatchNorm's running statistics of the model never move."""
+def _state(model: nn.Module, dtype: torch.dtype | None, bn_train: bool, device: torch.device) -> dict[str, Tensor]:
+    """Parameters and buffers for ``functional_call``: copies on ``device`` when the model lives
+    elsewhere, float copies in ``dtype`` when given; buffers cloned in train mode, so BatchNorm's
+    running statistics of the model never move."""
     state: dict[str, Tensor] = {}
-    if dtype is not None:
-        for name, t in [*model.named_parameters(), *model.named_buffers()]:
-            if t.is_floating_point():
-                state[name] = t.detach().to(dtype, copy=True)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        cast = dtype is not None and t.is_floating_point()
+        if cast or t.device != device:
+            state[name] = t.detach().to(device=device, dtype=dtype if cast else t.dtype, copy=True)
     if bn_train:
         for name, b in model.named_buffers():
             if name not in state:
@@ -379,12 +383,16 @@ def feature_rank(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     layers: str | Sequence[str] | None = None,
     n: int | None = 10240,
     threshold: float = 0.99,
     centering: str = "sample",
+    autocast: str | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
     """Singular values and rank of the features of one or more layers (Andriushchenko et al. 2023).
@@ -404,7 +412,15 @@ def feature_rank(
         loss: accepted for the shared contract and not used (features do not depend on it).
         logit_normalize, params, output_fn: do not apply; must keep their defaults.
         dtype: ``None`` (the model's), ``"float32"``/``"float64"`` or a ``torch.dtype``: the forward
-            pass runs on copies in that dtype. The Gram matrices are float64 in any case.
+            pass runs on copies in that dtype (``None`` with a float16/bfloat16 model: float32).
+            The Gram matrices are float64 in any case.
+        device: where the forward passes and the Gram matrices run (``None``: the model's device;
+            "cpu", "cuda", "cuda:N" or a ``torch.device``): the model is never moved, copies of its
+            parameters and buffers are made there when it lives elsewhere; each batch is moved
+            there once, the singular values come back to the host once at the end.
+        tf32: allow TF32 matmuls/convolutions on CUDA (default off).
+        micro_batch_size: does not apply (each forward pass is ``batch_size`` examples, no graph
+            is kept); must stay ``None``.
         batch_fn: ``batch -> (inputs, targets)`` for batches of other forms (:mod:`landscape.inputs`).
         layers: ``None`` = ``"penultimate"``: the input of the last ``nn.Linear`` (in
             ``named_modules()`` order), taken by a forward *pre*-hook, i.e. the pooled features
@@ -417,6 +433,10 @@ def feature_rank(
         threshold: the fraction of the total ``s^2`` in (0, 1] (reference: 0.99).
         centering: ``"sample"`` (the reference: each example's feature vector minus its mean over
             the features), ``"feature"`` (PCA: minus the mean over examples) or ``"none"``.
+        autocast: ``"bf16"``: forward passes under bfloat16 autocast (CUDA and CPU; the Gram
+            matrices stay float64). The first batch is also run in float32 and the result records
+            ``autocast_feature_error(layer)``: ``||F_bf16 - F_fp32||_F / ||F_fp32||_F`` of that
+            batch's features, the float32 difference at the checkpoint (one extra forward).
         progress: a bar (terminal, notebook) or log lines over the batches (not an option: the
             result does not depend on it).
 
@@ -442,6 +462,10 @@ def feature_rank(
         fn = import_object(opts.batch_fn, "batch_fn")
     targets = resolve_layers(model, opts.layers)
     run_dtype = None if opts.dtype is None else getattr(torch, dtype_name(opts.dtype))
+    if run_dtype is None and any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
+        run_dtype = torch.float32  # as the objective: half-precision models are analysed in float32
+    device = analysis_device(opts.device, model, "FeatureRankOptions.device")
+    memory = PeakMemory(device)
 
     x, y = _inputs.collect(data, opts.n, fn)
     total = int(y.shape[0])
@@ -449,10 +473,13 @@ def feature_rank(
         raise ValueError(f"feature_rank: n={opts.n} examples asked for, but the data hold only {total}; lower n "
                          f"to at most {total} (or give more data)")
     batches = _inputs.split(x, y, opts.batch_size)
-    device = _device(model)
     grams = {key: _Gram(total, opts.centering) for key in dict.fromkeys(targets.values())}
     seen: dict[tuple[str, str], int] = {}  # hook calls per target in the current forward pass
     current = [0]  # examples in the current batch
+    # autocast: the first batch's features in float32 ("reference" pass, not accumulated) and under
+    # autocast ("compare" pass, accumulated as every batch).
+    capture: dict[str, dict[tuple[str, str], Tensor]] = {}
+    pass_kind = [""]
 
     def sink_for(key):
         def sink(t: Tensor) -> None:
@@ -462,19 +489,41 @@ def feature_rank(
                 if t.ndim == 0 or int(t.shape[0]) != current[0]:
                     raise ValueError(f"feature_rank: {where} gave a tensor of shape {tuple(t.shape)} for a batch of "
                                      f"{current[0]} examples; its first dimension must be the examples")
-                grams[key].add(t.detach().reshape(current[0], -1), where)
+                feats = t.detach().reshape(current[0], -1)
+                if pass_kind[0]:
+                    # A copy: a later in-place op (ReLU(inplace=True)) may overwrite the module's output.
+                    capture.setdefault(pass_kind[0], {})[key] = feats.clone()
+                if pass_kind[0] != "reference":
+                    grams[key].add(feats, where)
         return sink
 
-    state = _state(model, run_dtype, opts.bn_mode == "train")
+    ctx = Precision.make(opts.autocast, device).autocast if opts.autocast is not None else contextlib.nullcontext
+    errors: dict[tuple[str, str], float] = {}
+
+    state = _state(model, run_dtype, opts.bn_mode == "train", device)
     # _modes is the one home of train/eval switching (shared with the objective), restored on exit.
     bar = Progress(len(batches), f"feature_rank n={total}", enabled=progress)
-    with bar, torch.no_grad(), _modes(model, opts.bn_mode == "train"), _hooks(model, {k: sink_for(k) for k in grams}):
-        for xb, _ in batches:
-            xb = _inputs.to_device(xb, device, run_dtype)
+    with bar, torch.no_grad(), _modes(model, opts.bn_mode == "train"), tf32_matmuls(opts.tf32), \
+            _hooks(model, {k: sink_for(k) for k in grams}):
+        for b, (xb, _) in enumerate(batches):
+            xb = _inputs.to_device(xb, device, run_dtype)  # each batch moved once
             current[0] = _inputs.num_examples(xb)
-            seen.clear()
             args, kwargs = _inputs.as_call(xb)
-            functional_call(model, state, args, kwargs)
+            if b == 0 and opts.autocast is not None:
+                pass_kind[0] = "reference"
+                seen.clear()
+                functional_call(model, state, args, kwargs)  # float32: the reference at the checkpoint
+                pass_kind[0] = "compare"
+            seen.clear()
+            with ctx():
+                functional_call(model, state, args, kwargs)
+            if pass_kind[0]:
+                for key, ref in capture.get("reference", {}).items():
+                    ref = ref.to(torch.float64)
+                    diff = torch.linalg.vector_norm(capture["compare"][key].to(torch.float64) - ref)
+                    errors[key] = float(diff / torch.linalg.vector_norm(ref).clamp_min(1e-300))
+                capture.clear()
+                pass_kind[0] = ""
             for key in grams:
                 count = seen.get(key, 0)
                 if count != 1:
@@ -484,7 +533,14 @@ def feature_rank(
                            " (a module shared by several places has no single output per example)")
                         + "; choose a module that runs exactly once")
             bar.update()
-    return _dataset(targets, grams, opts, total, len(batches), model)
+    ds = _dataset(targets, grams, opts, total, len(batches), model)
+    if opts.autocast is not None:
+        ds["autocast_feature_error"] = ("layer", np.array([errors[targets[name]] for name in ds.layer.values]), {
+            "long_name": f"||features under {opts.autocast} autocast - float32 features||_F / ||float32 features||_F "
+                         "on the first batch, at the checkpoint", "units": "1"})
+    ds.attrs["autocast"] = opts.autocast or ""
+    dtype = run_dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return stamp(ds, "feature_rank", opts, memory=memory, device=device, dtype=dtype)
 
 
 def _dataset(targets, grams, opts: FeatureRankOptions, total: int, num_batches: int, model: nn.Module) -> xr.Dataset:
@@ -539,7 +595,6 @@ def _dataset(targets, grams, opts: FeatureRankOptions, total: int, num_batches: 
             "rank_rule": "np.sum(np.cumsum(s**2) <= np.sum(s**2) * threshold) + 1 (tml-epfl/sam-low-rank-features)",
         },
     )
-    stamp(ds, "feature_rank", opts)
     ds.attrs.update(num_parameters=int(sum(p.numel() for p in model.parameters())), num_samples=int(total),
                     num_batches=int(num_batches), calls_loss=0, calls_grad=0, calls_hvp=0,
                     calls_logits=int(num_batches))

@@ -116,6 +116,9 @@ def hessian_spectrum(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     top_k: int = 5,
@@ -149,6 +152,11 @@ def hessian_spectrum(
             ``params`` selects the Hessian block of a group (the other parameters, and frozen
             ones with ``requires_grad=False``, fixed); ``bn_mode="train"`` is a different,
             partition-dependent matrix.
+        device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
+            "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
+            copies of its parameters are), pieces of at most ``micro_batch_size`` examples per
+            batch (the same function, less memory) and TF32 matmuls on CUDA (off by default);
+            see :class:`~landscape.objective.Objective` and README "Analyses on a GPU".
         top_k: number of eigenvalues (``<= `` the group's dimension).
         which: "LA" largest (default; lambda_max), "SA" smallest (most negative), "LM" largest |.|.
         tol: relative Ritz-residual tolerance of Lanczos.

@@ -53,6 +53,9 @@ def momentum_curvature(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     random_directions: int = 5,
@@ -69,6 +72,11 @@ def momentum_curvature(
             output_fn: the shared objective options (:class:`landscape.objective.ObjectiveOptions`;
             ``loss`` may be a callable, ``dtype`` a ``torch.dtype``). ``params``: the group
             (``"all"``, ``"norm"``, ...; frozen parameters are never in it).
+        device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
+            "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
+            copies of its parameters are), pieces of at most ``micro_batch_size`` examples per
+            batch (the same function, less memory) and TF32 matmuls on CUDA (off by default);
+            see :class:`~landscape.objective.Objective` and README "Analyses on a GPU".
         random_directions: number of Gaussian directions (seeded), MSAM A.4's "random".
         seed: seeds the random directions.
 

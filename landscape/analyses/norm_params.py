@@ -18,6 +18,7 @@ from torch import nn
 
 from landscape.analyses.common import stamp
 from landscape.config import Options, check
+from landscape.memory import PeakMemory
 from landscape.params import is_norm_module
 
 PARAMS = ("gamma", "beta")
@@ -99,6 +100,9 @@ def norm_params(
         1.0
     """
     opts = NormParamsOptions(bins=bins, quantiles=tuple(quantiles), gamma_range=gamma_range, beta_range=beta_range)
+    # Host statistics of a few thousand numbers, wherever the model lives: no device option (each
+    # gamma/beta is copied to the host once, in float64).
+    memory = PeakMemory(torch.device("cpu"))
     layers = norm_layers(model)
     if not layers:
         raise ValueError(
@@ -151,7 +155,7 @@ def norm_params(
                            {"long_name": "normalization layer class", "units": "1"}),
         },
     )
-    return stamp(ds, "norm_params", opts)
+    return stamp(ds, "norm_params", opts, memory=memory, device=torch.device("cpu"), dtype=torch.float64)
 
 
 __all__ = ["NormParamsOptions", "norm_layers", "norm_params"]

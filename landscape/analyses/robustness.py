@@ -89,7 +89,17 @@ from torch.func import functional_call
 from landscape import inputs as _inputs
 from landscape.analyses.common import make_options, stamp
 from landscape.config import check
-from landscape.objective import ObjectiveOptions, _as_dtype, _callable, _modes
+from landscape.memory import PeakMemory
+from landscape.objective import (
+    HALF_DTYPES,
+    ObjectiveOptions,
+    _as_dtype,
+    _callable,
+    _modes,
+    analysis_device,
+    model_device,
+)
+from landscape.precision import tf32_matmuls
 
 __all__ = ["ATTACKS", "NORMS", "RobustnessOptions", "RobustnessWarning", "robustness", "standardization_of"]
 
@@ -193,6 +203,8 @@ class RobustnessOptions(ObjectiveOptions):
               "losses on the raw outputs; accepted: False")
         check(self.params == "all", f"{name}.params={self.params!r} is not accepted: the attacks perturb the inputs, "
               "not a parameter group; accepted: 'all'")
+        check(self.micro_batch_size is None, f"{name}.micro_batch_size={self.micro_batch_size!r} does not apply: "
+              "each attack batch is batch_size examples; lower batch_size instead")
         if self.eps is not None:
             check(len(self.eps) > 0, f"{name}.eps must hold at least one radius (or be None for the defaults)")
             for e in self.eps:
@@ -287,14 +299,18 @@ class _Attacked:
     """
 
     def __init__(self, model: nn.Module, shape: tuple[int, ...], mean: Tensor | None, std: Tensor | None,
-                 dtype: torch.dtype | None, output_fn: Callable | None) -> None:
+                 dtype: torch.dtype | None, output_fn: Callable | None, device: torch.device | None = None) -> None:
+        device = model_device(model) if device is None else device
         self.model, self.shape, self.mean, self.std, self.output_fn = model, shape, mean, std, output_fn
         floats = [t.dtype for t in model.parameters() if t.is_floating_point()]
+        if dtype is None and any(f in HALF_DTYPES for f in floats):
+            dtype = torch.float32  # as the objective: half-precision models are analysed in float32
         self.dtype = dtype or (floats[0] if floats else None)
 
         def detached(t: Tensor) -> Tensor:
+            # On the analysis' device (a copy only when the model lives elsewhere or is cast).
             t = t.detach()
-            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+            return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
 
         self.state = {n: detached(t) for n, t in (*model.named_parameters(), *model.named_buffers())}
         self.calls: Counter = Counter()
@@ -393,10 +409,6 @@ def _perturbation_norm(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 # ------------------------------------------------------------------ the analysis
@@ -413,6 +425,9 @@ def robustness(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     norm: str = "Linf",
@@ -437,7 +452,14 @@ def robustness(
         bn_mode, logit_normalize, params, loss: shared options that do not apply to attacks on
             the inputs (``"eval"``, ``False``, ``"all"``; ``loss`` is not used).
         dtype: ``None`` (the model's) or ``"float64"``/``"float32"``: the model is evaluated on
-            copies of its parameters in that dtype (the attack's inputs stay float32).
+            copies of its parameters in that dtype (the attack's inputs stay float32; ``None`` with a
+            float16/bfloat16 model: float32).
+        device: where the attacks run (``None``: the model's device; "cpu", "cuda", "cuda:N" or a
+            ``torch.device``): the model is never moved, copies of its parameters and buffers are
+            made there when it lives elsewhere; the inputs are staged there once.
+        tf32: allow TF32 matmuls/convolutions on CUDA (default off).
+        micro_batch_size: does not apply (each forward pass is ``batch_size`` examples, no graph
+            is kept); must stay ``None``.
         batch_fn, output_fn: adapters for other batch and output forms (:mod:`landscape.inputs`).
         norm: ``"Linf"`` or ``"L2"`` (case-insensitive).
         eps: one radius or several (the ``eps`` dimension), in [0, 1] pixel units; 0 gives the
@@ -485,7 +507,8 @@ def robustness(
         raise ValueError(f"attack='autoattack' runs Square, which needs image inputs (N, C, H, W); the inputs have shape "
                          f"{tuple(x.shape)}; use attack='autoattack-cheap' (apgd-ce + apgd-t) for other inputs")
 
-    device = _device(model)
+    device = analysis_device(opts.device, model, "RobustnessOptions.device")
+    memory = PeakMemory(device)
     x = x.to(device=device, dtype=torch.float32)  # pyautoattack attacks float32 inputs
     y = y.to(device)
     own = standardization_of(data)
@@ -509,13 +532,13 @@ def robustness(
             "otherwise rescale the data to [0, 1]"
         )
     x01 = x01.clamp(0.0, 1.0)
-    attacked = _Attacked(model, tuple(x.shape[1:]), mean, std, _as_dtype(opts.dtype), output_fn)
+    attacked = _Attacked(model, tuple(x.shape[1:]), mean, std, _as_dtype(opts.dtype), output_fn, device)
     # APGD attacks flat vectors (any input shape works); Square needs the images themselves.
     xa = x01 if opts.attack == "autoattack" else x01.reshape(found, -1)
     bs = found if opts.batch_size is None else opts.batch_size
 
     messages: list[str] = []
-    with _modes(model, False), _global_rng_kept():
+    with _modes(model, False), _global_rng_kept(), tf32_matmuls(opts.tf32):
         with torch.no_grad():
             logits = [attacked(xa[s:s + bs]) for s in range(0, found, bs)]
         if any(z.ndim != 2 for z in logits):
@@ -568,7 +591,7 @@ def robustness(
             "example_index": ("example", index, {"long_name": "position of the example in the data", "units": "1"}),
         },
     )
-    stamp(ds, "robustness", opts)
+    stamp(ds, "robustness", opts, memory=memory, device=device, dtype=attacked.dtype)
     ds.attrs.update(
         attack=opts.attack,
         attacks_run=json.dumps(list(ATTACKS[opts.attack])),

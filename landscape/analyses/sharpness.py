@@ -159,6 +159,9 @@ def sharpness(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     kind: str = "worst",
@@ -192,6 +195,11 @@ def sharpness(
             the other parameters (and frozen ones, ``requires_grad=False``) stay at their values.
         dtype: ``None`` (the model's), ``"float32"``/``"float64"`` or a ``torch.dtype``.
         batch_fn, output_fn: adapters for other batch and output forms (:mod:`landscape.inputs`).
+        device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
+            "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
+            copies of its parameters are), pieces of at most ``micro_batch_size`` examples per
+            batch (the same function, less memory) and TF32 matmuls on CUDA (off by default);
+            see :class:`~landscape.objective.Objective` and README "Analyses on a GPU".
         kind: ``"worst"`` (Auto-PGD), ``"one-step"`` (the SAM ascent step at the full radius)
             or ``"average"`` (random perturbations).
         norm: ``"linf"`` or ``"l2"``: the ball ``||T^-1 delta||_p <= rho``.

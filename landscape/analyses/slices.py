@@ -67,6 +67,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from landscape.analyses.common import make_options, stamp
 from landscape.config import ConfigError, check
 from landscape.objective import Objective, ObjectiveOptions
+from landscape.params import select
 from landscape.progress import Progress
 
 __all__ = [
@@ -384,6 +385,9 @@ def loss_slice(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     grid: Any = "-1:1:21",
@@ -418,6 +422,11 @@ def loss_slice(
             ``"unknown"``.
         batch_size, max_samples, loss, logit_normalize, params, dtype, batch_fn, output_fn: the
             shared objective options (:class:`~landscape.objective.ObjectiveOptions`).
+        device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
+            "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
+            copies of its parameters are), pieces of at most ``micro_batch_size`` examples per
+            batch (eval-mode statistics only) and TF32 matmuls on CUDA (off by default); see
+            README "Analyses on a GPU".
         bn_mode: ``"eval"`` (the centre's running statistics), ``"recompute"`` (re-estimated at
             every point, see the module docstring) or ``"batch"`` (batch statistics; alias
             ``"train"``).
@@ -468,11 +477,19 @@ def loss_slice(
     values = dict(locals())
     values["metrics"] = tuple(metrics) if not isinstance(metrics, str) else (metrics,)
     opts, objects = make_options(LossSliceOptions, values)
+    return _loss_slice(model, data, directions, opts, objects, points, direction_kind, normalization, one_d, progress)
+
+
+def _loss_slice(model, data, directions, opts: LossSliceOptions, objects: dict, points, direction_kind, normalization,
+                one_d, progress: bool, obj: Objective | None = None) -> xr.Dataset:
+    """:func:`loss_slice` on its options; ``obj``: an objective of the same options already
+    built (by :func:`slice_analysis` for its directions), so the data are staged once."""
     plane = directions if _is_plane(directions) else None
     dirs = _direction_list(directions)
     ndim = len(dirs)
     axes = grid_axes(opts.grid, ndim)  # bad grids and directions are refused before the data are staged
-    obj = Objective.from_options(model, data, opts, **objects)
+    if obj is None:
+        obj = Objective.from_options(model, data, opts, **objects)
     fmt = "contiguous"
     if opts.memory_format == "channels_last" or (
             opts.memory_format == "auto" and any(isinstance(m, nn.Conv2d) for m in model.modules())):
@@ -717,11 +734,14 @@ class SliceOptions(LossSliceOptions):
                   f"SliceOptions.grid has {len(self.grid)} per-axis specs but ndim={self.ndim}")
 
 
-def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, **objects) -> list[dict[str, Tensor]]:
+def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, objective: Objective | None = None,
+                     **objects) -> list[dict[str, Tensor]]:
     """The ``opts.ndim`` directions of ``opts.kind`` at ``model`` (see :class:`SliceOptions`).
 
     ``momentum``: the buffers by name, or a zero-argument function returning them (called only
-    for ``kind="momentum"``); ``objects``: objective overrides (a loss callable, ``batch_fn``).
+    for ``kind="momentum"``); ``objective``: the objective of ``opts`` when the caller has built
+    it already (the gradient and eigenvector kinds use it instead of staging the data again);
+    ``objects``: objective overrides (a loss callable, ``batch_fn``).
     """
     from landscape import directions as dr
 
@@ -739,14 +759,19 @@ def slice_directions(model: nn.Module, data, opts: SliceOptions, momentum=None, 
             raise SliceError("kind='momentum' needs the optimizer's momentum buffers (Checkpoint.momentum()); "
                              "none were given")
         dirs = [dr.momentum_direction(buffers, model, params=opts.params, **norm)]
-    elif opts.kind == "gradient":
+    elif opts.kind == "gradient" and objective is None:
         kwargs = {k: v for k, v in opts.objective_kwargs().items() if k != "params"}
         kwargs.update(objects)
         dirs = [dr.gradient_direction(model, data, params=opts.params, **norm, **kwargs)]
+    elif opts.kind == "gradient":
+        # gradient_direction's computation on the objective at hand (its device; back to the model's).
+        chosen = select(model, opts.params)
+        grad = objective.unflatten(objective.grad())
+        dirs = [dr.normalize({n: t.detach().to(chosen[n].device).clone() for n, t in grad.items()}, model, **norm)]
     else:
         from landscape.analyses.lanczos import lanczos
 
-        obj = Objective.from_options(model, data, opts, **objects)
+        obj = objective if objective is not None else Objective.from_options(model, data, opts, **objects)
         if opts.ndim > obj.numel:
             raise SliceError(f"kind='eigenvector' with ndim={opts.ndim} needs a group of at least {opts.ndim} "
                              f"parameters; {opts.params!r} has {obj.numel}")
@@ -773,6 +798,9 @@ def slice_analysis(
     logit_normalize: bool = False,
     params: str = "all",
     dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    micro_batch_size: int | None = None,
+    tf32: bool = False,
     batch_fn: str | Callable | None = None,
     output_fn: str | Callable | None = None,
     grid: Any = "-1:1:21",
@@ -808,9 +836,10 @@ def slice_analysis(
         data: any form of :mod:`landscape.inputs`.
         momentum: momentum buffers by parameter name, or a function returning them (only used
             for ``kind="momentum"``).
-        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, batch_fn,
-            output_fn, grid, metrics, recompute_batches, part, parts, vmap, vmap_chunk,
-            autocast, memory_format, keep_directions: as in :func:`loss_slice`.
+        batch_size, max_samples, bn_mode, loss, logit_normalize, params, dtype, device,
+            micro_batch_size, tf32, batch_fn, output_fn, grid, metrics, recompute_batches, part,
+            parts, vmap, vmap_chunk, autocast, memory_format, keep_directions: as in
+            :func:`loss_slice`.
         kind, ndim, normalization, one_d, orthogonalize, seed, eigen_tol: the directions
             (:class:`SliceOptions`).
         progress: progress bar / log lines; ``False``: silent.
@@ -829,11 +858,13 @@ def slice_analysis(
         ('eigenvector', (3, 3), True)
     """
     opts, objects = make_options(SliceOptions, locals())
-    dirs = slice_directions(model, data, opts, momentum, **objects)
-    slice_kwargs = {f: getattr(opts, f) for f in LossSliceOptions.__dataclass_fields__}
-    slice_kwargs.update(objects)
-    ds = loss_slice(model, data, dirs, direction_kind=opts.kind, normalization=opts.normalization,
-                    one_d=opts.one_d, progress=progress, **slice_kwargs)
+    # One objective for the directions and the slice: the data are staged once, and the peak
+    # memory (measured from the objective's construction) covers both.
+    obj = Objective.from_options(model, data, opts, **objects) if opts.kind in ("gradient", "eigenvector") else None
+    dirs = slice_directions(model, data, opts, momentum, objective=obj, **objects)
+    slice_opts = LossSliceOptions(**{f: getattr(opts, f) for f in LossSliceOptions.__dataclass_fields__})
+    ds = _loss_slice(model, data, dirs, slice_opts, objects, None, opts.kind, opts.normalization, opts.one_d,
+                     progress, obj)
     ds.attrs["config_json"] = opts.to_json()
     return ds
 
