@@ -78,6 +78,7 @@ _API: dict[str, str] = {
     "robustness": "landscape.analyses.robustness",
     "RobustnessOptions": "landscape.analyses.robustness",
     "hutchpp": "landscape.analyses.trace",
+    "xtrace": "landscape.analyses.trace",
     "slq": "landscape.analyses.slq",
     "register_analysis": "landscape.analyses.registry",
     "DataOptions": "landscape.analyses.registry",

@@ -6,12 +6,22 @@ One analysis, three estimators, all from Hessian-vector products of one
 * **top eigenvalues** by Lanczos with full reorthogonalization, stopped on relative Ritz
   residuals (:mod:`landscape.analyses.lanczos`), plus the ratio ``lambda_max / lambda_k`` that SAM
   (Foret et al. 2021, Section 4.2 / Fig. 3) reports;
-* **the trace** by Hutch++ (default) or Hutchinson with Rademacher probes, stopped on the standard
-  error (:mod:`landscape.analyses.trace`);
+* **the trace**, deflated by what the eigenvalue part already paid for: with ``B`` the Lanczos
+  basis of that run (``trace_deflation="lanczos"``, default) ``tr(H) = tr(B^T H B) + tr((I -
+  BB^T) H (I - BB^T))``, the first term known exactly without an HVP (the sum of the Lanczos
+  ``alpha``), the second estimated from the ``trace_samples`` budget by XTrace (default; Epperly,
+  Tropp & Webber 2024), Hutch++ or Hutchinson, stopped on the standard error
+  (:mod:`landscape.analyses.trace`). ``trace_deflation="ritz"`` deflates by the ``top_k`` Ritz
+  vectors only, ``"none"`` not at all (the pre-XTrace behaviour with ``trace_method="hutch++"``);
 * **the spectral density** by stochastic Lanczos quadrature (Ghorbani et al. 2019; SAM Fig. 3:
   about 90 steps, >= 10 Rademacher starts), broadened with an explicit Gaussian width ``sigma``
   (default 1 % of the spread of the quadrature nodes), with the raw nodes and weights kept so the
-  density can be re-smoothed (:mod:`landscape.analyses.slq`).
+  density can be re-smoothed (:mod:`landscape.analyses.slq`). The eigenvalue run starts from a
+  Rademacher vector, so it is SLQ run 0 (``slq_reuse=True``): truncated, cut at its first
+  restart, or continued to ``slq_steps`` (``attrs["slq_reused_steps"]`` HVPs saved).
+
+The trace does not depend on ``density`` (its deflation basis is the eigenvalue run's, before
+the SLQ continuation), so turning one part off leaves the others unchanged.
 
 BatchNorm is in eval mode by default (running statistics): the loss is then a sum over examples
 and the Hessian does not depend on the batch split. ``bn_mode="train"`` is a different matrix
@@ -42,9 +52,9 @@ import torch
 import xarray as xr
 
 from landscape.analyses.common import make_options, stamp
-from landscape.analyses.lanczos import lanczos
+from landscape.analyses.lanczos import _order, lanczos
 from landscape.analyses.slq import default_grid, default_sigma, gaussian_density, slq
-from landscape.analyses.trace import hutchinson, hutchpp
+from landscape.analyses.trace import deflated_trace, hutchinson, hutchpp, xtrace
 from landscape.config import check
 from landscape.objective import Objective, ObjectiveOptions
 from landscape.progress import Progress
@@ -60,7 +70,8 @@ class HessianOptions(ObjectiveOptions):
     objective options of :class:`~landscape.objective.ObjectiveOptions`.
 
     Defaults and where they come from: ``slq_steps=90`` and ``slq_runs=10`` (Ghorbani et al.
-    2019, used by SAM Fig. 3); ``trace_samples=99`` matvecs (Hutch++'s three equal thirds);
+    2019, used by SAM Fig. 3); ``trace_samples=100`` matvecs (XTrace's 50 test vectors, 2 HVPs
+    each) on the complement of the eigenvalue run's Lanczos basis;
     ``tol=1e-3`` relative Ritz residual (bounds the eigenvalue error; the error itself is
     typically far smaller, about residual^2 / gap).
     """
@@ -71,14 +82,16 @@ class HessianOptions(ObjectiveOptions):
     max_steps: int | None = None
     eigenvectors: bool = False
     trace: bool = True
-    trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
-    trace_samples: int = 99
+    trace_method: Literal["xtrace", "hutch++", "hutchinson"] = "xtrace"
+    trace_samples: int = 100
     trace_rtol: float = 1e-2
     density: bool = True
     slq_runs: int = 10
     slq_steps: int = 90
     grid_points: int = 1000
     sigma: float | None = None
+    trace_deflation: Literal["lanczos", "ritz", "none"] = "lanczos"
+    slq_reuse: bool = True
     hvp_method: Literal["auto", "jvp", "linearize", "double-backward", "retained-graph"] = "auto"
     seed: int = 0
 
@@ -97,6 +110,7 @@ class HessianOptions(ObjectiveOptions):
         check(pos(self.grid_points) and self.grid_points >= 2,
               f"HessianOptions.grid_points must be an int >= 2, got {self.grid_points!r}")
         check(self.sigma is None or self.sigma > 0, f"HessianOptions.sigma must be None or > 0, got {self.sigma!r}")
+        check(isinstance(self.slq_reuse, bool), f"HessianOptions.slq_reuse must be True or False, got {self.slq_reuse!r}")
 
 
 def _seeds(seed: int) -> list[torch.Generator]:
@@ -127,14 +141,16 @@ def hessian_spectrum(
     max_steps: int | None = None,
     eigenvectors: bool = False,
     trace: bool = True,
-    trace_method: str = "hutch++",
-    trace_samples: int = 99,
+    trace_method: str = "xtrace",
+    trace_samples: int = 100,
     trace_rtol: float = 1e-2,
     density: bool = True,
     slq_runs: int = 10,
     slq_steps: int = 90,
     grid_points: int = 1000,
     sigma: float | None = None,
+    trace_deflation: str = "lanczos",
+    slq_reuse: bool = True,
     hvp_method: str = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -163,11 +179,15 @@ def hessian_spectrum(
         max_steps: Lanczos budget (default ``min(P, max(20 top_k, 100))``).
         eigenvectors: also store the top-k Ritz vectors (dim ``parameter``, ``P`` floats each,
             with coordinates ``parameter_name`` (the tensor) and ``parameter_offset``).
-        trace, trace_method, trace_samples, trace_rtol: estimate the trace with Hutch++ (default)
-            or Hutchinson, at most ``trace_samples`` HVPs, stopping when the standard error is
-            ``<= trace_rtol * |trace|``.
+        trace, trace_method, trace_samples, trace_rtol: estimate the trace with XTrace (default),
+            Hutch++ or Hutchinson, at most ``trace_samples`` HVPs, stopping when the standard
+            error is ``<= trace_rtol * |trace|``.
         density, slq_runs, slq_steps, grid_points, sigma: the SLQ density on ``grid_points``
             points; ``sigma`` ``None``: 1 % of the spread of the nodes.
+        trace_deflation: "lanczos" (default): the estimator works on the complement of the
+            eigenvalue run's Lanczos basis, whose part of the trace (``sum(alpha)``) is exact
+            and free; "ritz": of its ``top_k`` Ritz vectors; "none": on the whole space.
+        slq_reuse: use the eigenvalue Lanczos run (Rademacher start) as SLQ run 0.
         hvp_method: "auto" ("retained-graph" for a single in-memory batch: the gradient graph
             is built once and each product is one backward pass; else "double-backward", which
             recomputes per product in constant memory), "jvp" (forward-over-reverse),
@@ -224,8 +244,10 @@ def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) ->
 
     g_eig, g_trace, g_slq = _seeds(opts.seed)
     t0 = time.perf_counter()
+    deflate = opts.trace and opts.trace_deflation != "none"
+    reuse = opts.density and opts.slq_reuse
     eig = lanczos(matvec, P, k=opts.top_k, which=opts.which, tol=opts.tol, max_steps=opts.max_steps,
-                  seed=g_eig, eigenvectors=opts.eigenvectors, device=obj.device)
+                  seed=g_eig, eigenvectors=opts.eigenvectors, device=obj.device, keep_basis=deflate or reuse)
     seconds["eigenvalues"] = time.perf_counter() - t0
     if not bool(eig.converged.all()):
         warnings.warn(
@@ -261,20 +283,43 @@ def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) ->
         part[0] = "trace"
         t0 = time.perf_counter()
         rtol = opts.trace_rtol if opts.trace_rtol > 0 else None
-        if opts.trace_method == "hutch++":
-            est = hutchpp(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
+        if deflate:
+            # tr(H) = tr(B^T H B) + tr((I - BB^T) H (I - BB^T)): the first term is known from the
+            # eigenvalue run without an HVP (sum of the Lanczos alpha, or of the Ritz values);
+            # only the deflated remainder is estimated from the trace budget.
+            if opts.trace_deflation == "lanczos":
+                B, exact = eig.basis, float(eig.alpha.sum())
+            else:
+                theta, S = eig.state[0].eig()
+                wanted = _order(theta, opts.which)[: opts.top_k]
+                B = torch.as_tensor(S[:, wanted].T.copy(), dtype=torch.float64, device=eig.basis.device) @ eig.basis
+                B, exact = torch.linalg.qr(B.T)[0].T, float(theta[wanted].sum())
+            est = deflated_trace(matvec, B, exact, P, method=opts.trace_method, max_matvecs=opts.trace_samples,
+                                 rtol=rtol, seed=g_trace, device=obj.device)
+            del B
         else:
-            est = hutchinson(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
+            estimator = {"xtrace": xtrace, "hutch++": hutchpp, "hutchinson": hutchinson}[opts.trace_method]
+            est = estimator(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
         seconds["trace"] = time.perf_counter() - t0
-        data_vars["trace"] = ((), est.trace, {"long_name": f"Hessian trace ({opts.trace_method})", "units": units})
+        name = opts.trace_method + (f", deflated by the {est.deflation}-vector {opts.trace_deflation} basis"
+                                    if deflate else "")
+        data_vars["trace"] = ((), est.trace, {"long_name": f"Hessian trace ({name})", "units": units})
         data_vars["trace_stderr"] = ((), est.stderr, {
             "long_name": "standard error of the trace estimate", "units": units})
         attrs["trace_converged"] = int(est.converged)
+        attrs["trace_deflation_rank"] = int(est.deflation)
+        attrs["trace_exact_part"] = float(est.exact_part)
 
     if opts.density:
         part[0] = "density"
         t0 = time.perf_counter()
-        nodes, weights = slq(matvec, P, runs=opts.slq_runs, steps=opts.slq_steps, seed=g_slq, device=obj.device)
+        # The eigenvalue run started from a Rademacher vector: up to its first restart it is an
+        # SLQ run from that vector, so it is run 0 (truncated, cut, or continued; slq.py).
+        first = eig.state if reuse else None
+        reused = min(len(first[0].alpha), opts.slq_steps, (first[0].restart_steps or [P])[0] + 1) if reuse else 0
+        nodes, weights = slq(matvec, P, runs=opts.slq_runs, steps=opts.slq_steps, seed=g_slq, device=obj.device,
+                             first_run=first)
+        attrs["slq_reused_steps"] = int(reused)
         s = float(opts.sigma) if opts.sigma is not None else default_sigma(nodes)
         grid = default_grid(nodes, s, points=opts.grid_points)
         dens = gaussian_density(nodes, weights, grid, s)

@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -87,6 +87,7 @@ class _Basis:
     def __init__(self, n: int, device: torch.device, capacity: int) -> None:
         self.q = torch.empty(max(1, capacity), n, dtype=torch.float64, device=device)
         self.size = 0
+        self.residual: Tensor | None = None  # the orthogonalized w of the last step (next vector * beta)
 
     def append(self, v: Tensor) -> None:
         if self.size == self.q.shape[0]:
@@ -115,6 +116,7 @@ class _Tridiagonal:
     beta: list[float]  # beta[j] couples Lanczos vectors j and j+1; len(beta) == len(alpha)
     tnorm: float
     restarts: int
+    restart_steps: list[int] = field(default_factory=list)
 
     def eig(self, vectors: bool = True):
         d = np.asarray(self.alpha, dtype=np.float64)
@@ -131,16 +133,21 @@ def lanczos_tridiagonal(
     *,
     restart_generator: torch.Generator | None = None,
     stop: Callable[[_Tridiagonal], bool] | None = None,
+    resume: tuple[_Tridiagonal, _Basis] | None = None,
 ) -> tuple[_Tridiagonal, _Basis]:
     """Run up to ``max_steps`` Lanczos steps from ``v0`` with full reorthogonalization.
 
     Args:
         matvec: float64 vector -> float64 vector, symmetric.
         v0: start vector (normalized here).
-        max_steps: at most this many matvecs (and at most the dimension).
+        max_steps: at most this many matvecs (and at most the dimension), counting the steps
+            of ``resume``.
         restart_generator: on breakdown, continue from a random vector orthogonal to the basis
             (eigenvalue problems); ``None``: stop at breakdown (quadrature, where it is exact).
         stop: called after each step with the tridiagonal so far; ``True`` stops.
+        resume: ``(tri, basis)`` of an earlier call from the same ``v0``, continued in place
+            with the same arithmetic as one uninterrupted run (nothing is run when its last
+            step was a breakdown).
 
     Returns:
         The tridiagonal (alpha, beta; ``beta[-1]`` is the coupling to the next, unformed vector
@@ -149,13 +156,21 @@ def lanczos_tridiagonal(
     n = v0.numel()
     max_steps = min(max_steps, n)
     eps = float(torch.finfo(torch.float64).eps)
-    basis = _Basis(n, v0.device, min(max_steps, 64))
-    tri = _Tridiagonal([], [], 0.0, 0)
-    nrm = torch.linalg.vector_norm(v0)
-    if not torch.isfinite(nrm) or nrm == 0:
-        raise ValueError("the Lanczos start vector is zero or not finite")
-    q = v0.to(torch.float64) / nrm
-    for j in range(max_steps):
+    if resume is not None:
+        tri, basis = resume
+        start = len(tri.alpha)
+        if start >= max_steps or basis.residual is None or tri.beta[-1] <= n * eps * tri.tnorm:
+            return tri, basis
+        q = basis.residual / tri.beta[-1]
+    else:
+        basis = _Basis(n, v0.device, min(max_steps, 64))
+        tri = _Tridiagonal([], [], 0.0, 0)
+        nrm = torch.linalg.vector_norm(v0)
+        if not torch.isfinite(nrm) or nrm == 0:
+            raise ValueError("the Lanczos start vector is zero or not finite")
+        q = v0.to(torch.float64) / nrm
+        start = 0
+    for j in range(start, max_steps):
         basis.append(q)
         w = matvec(q)
         if not torch.isfinite(w).all():
@@ -169,6 +184,7 @@ def lanczos_tridiagonal(
         tri.beta.append(beta)
         prev = tri.beta[-2] if len(tri.beta) > 1 else 0.0
         tri.tnorm = max(tri.tnorm, abs(alpha) + beta + prev)
+        basis.residual = w
         if stop is not None and stop(tri):
             break
         if j + 1 == max_steps:
@@ -179,6 +195,7 @@ def lanczos_tridiagonal(
             # Invariant subspace found: record a zero coupling and continue in its complement.
             tri.beta[-1] = 0.0
             tri.restarts += 1
+            tri.restart_steps.append(j)
             r = basis.orthogonalize(rademacher(n, restart_generator, v0.device))
             rn = torch.linalg.vector_norm(r)
             if rn <= n * eps * np.sqrt(n):
@@ -211,6 +228,16 @@ class LanczosResult:
         restarts: breakdowns continued with a fresh orthogonal vector.
         ritz_values: all Ritz values of the final tridiagonal (ascending).
         alpha, beta: the tridiagonal (float64 numpy arrays).
+        basis: ``(steps, n)`` float64 orthonormal Lanczos vectors (rows; on the operator's
+            device) when asked for (``keep_basis=True``), else None. With ``T`` the tridiagonal,
+            ``basis @ A @ basis.T = T`` and ``tr(basis @ A @ basis.T) = sum(alpha)`` exactly:
+            a free deflation space for trace estimation
+            (:func:`~landscape.analyses.trace.deflated_trace`).
+        restart_steps: the steps after which a breakdown was continued from a fresh vector
+            (``beta[j] == 0``); the first ``restart_steps[0] + 1`` steps (all steps when none)
+            are an unrestarted run from the start vector, i.e. a valid SLQ run.
+        state: the internal ``(tridiagonal, basis)`` to continue the run with
+            ``lanczos_tridiagonal(..., resume=state)`` (only with ``keep_basis=True``).
     """
 
     eigenvalues: Tensor
@@ -222,6 +249,9 @@ class LanczosResult:
     ritz_values: np.ndarray
     alpha: np.ndarray
     beta: np.ndarray
+    basis: Tensor | None = None
+    restart_steps: tuple[int, ...] = ()
+    state: tuple[_Tridiagonal, _Basis] | None = None
 
 
 def lanczos(
@@ -236,6 +266,7 @@ def lanczos(
     seed: int | torch.Generator = 0,
     eigenvectors: bool = False,
     device: torch.device | str | None = None,
+    keep_basis: bool = False,
 ) -> LanczosResult:
     """``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -253,6 +284,8 @@ def lanczos(
         seed: an int or a ``torch.Generator`` (CPU) for the start and restart vectors.
         eigenvectors: also return the Ritz vectors.
         device: where the Lanczos vectors live for a callable operator (default CPU).
+        keep_basis: also return the Lanczos basis (``steps x n`` floats) and the state to
+            continue the run.
 
     Returns:
         :class:`LanczosResult`; pairs that did not reach ``tol`` within ``max_steps`` are
@@ -312,4 +345,7 @@ def lanczos(
         ritz_values=theta,
         alpha=np.asarray(tri.alpha),
         beta=np.asarray(tri.beta),
+        basis=basis.rows if keep_basis else None,
+        restart_steps=tuple(tri.restart_steps),
+        state=(tri, basis) if keep_basis else None,
     )

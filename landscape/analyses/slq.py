@@ -15,6 +15,13 @@ plus ``sigma^2``. The raw nodes and weights are returned so that users can re-sm
 Lanczos here is the same fully reorthogonalized routine as :mod:`landscape.analyses.lanczos`,
 stopped (not restarted) at a breakdown, where the quadrature is already exact.
 
+**Reusing an eigenvalue run** (``first_run=``): a Lanczos run for eigenvalues from a Rademacher
+start vector is, up to its first restart, exactly the SLQ run from that vector (same
+arithmetic). It becomes run 0: truncated to ``steps`` when it is longer, cut at its first
+breakdown (where a separate SLQ run stops too), and continued in place with the remaining steps
+when it is shorter - so the density costs ``min(steps, eigenvalue steps)`` matvecs less. It must
+not be reused when its start vector was not Rademacher (a user-given ``v0``).
+
 Example:
     >>> import torch
     >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
@@ -35,9 +42,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.analyses.lanczos import Matvec, as_matvec, lanczos_tridiagonal, rademacher
+from landscape.analyses.lanczos import (
+    Matvec,
+    _Basis,
+    _Tridiagonal,
+    as_matvec,
+    lanczos_tridiagonal,
+    rademacher,
+)
 
-__all__ = ["default_grid", "default_sigma", "gaussian_density", "slq"]
+__all__ = ["default_grid", "default_sigma", "gaussian_density", "quadrature", "slq"]
+
+
+def quadrature(tri: _Tridiagonal, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature ``(nodes, weights)`` of the unrestarted leading part of a Lanczos run:
+    its first ``steps`` steps, cut after the first breakdown (a zero coupling ``beta``)."""
+    m = min(steps, len(tri.alpha))
+    if tri.restart_steps:
+        m = min(m, tri.restart_steps[0] + 1)
+    lead = _Tridiagonal(tri.alpha[:m], tri.beta[:m], tri.tnorm, 0)
+    theta, s = lead.eig()
+    return theta, s[0, :] ** 2
 
 
 def slq(
@@ -48,6 +73,7 @@ def slq(
     steps: int = 90,
     seed: int | torch.Generator = 0,
     device: torch.device | str | None = None,
+    first_run: tuple[_Tridiagonal, _Basis] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Nodes and weights of stochastic Lanczos quadrature.
 
@@ -58,6 +84,10 @@ def slq(
         steps: Lanczos steps per run (Ghorbani et al. / SAM Fig. 3: about 90); capped at ``dim``.
         seed: int or CPU ``torch.Generator``.
         device: device of the Lanczos vectors for a callable operator.
+        first_run: the state of an earlier Lanczos run of this operator from a Rademacher
+            start vector (``lanczos(..., keep_basis=True).state``), reused as run 0 (see the
+            module docstring; continued in place when shorter than ``steps``); the other
+            ``runs - 1`` starts are drawn from ``seed``.
 
     Returns:
         ``(nodes, weights)``, float64 CPU tensors of shape ``(runs, steps)``; a run that met an
@@ -74,12 +104,16 @@ def slq(
     nodes = torch.full((runs, m), math.nan, dtype=torch.float64)
     weights = torch.zeros((runs, m), dtype=torch.float64)
     for r in range(runs):
-        v = rademacher(n, gen, dev)
-        tri, _ = lanczos_tridiagonal(matvec, v, m, restart_generator=None)
-        theta, s = tri.eig()
+        if r == 0 and first_run is not None:
+            tri, basis = first_run
+            if not tri.restart_steps and len(tri.alpha) < m:
+                tri, _ = lanczos_tridiagonal(matvec, basis.rows[0], m, restart_generator=None, resume=first_run)
+        else:
+            tri, _ = lanczos_tridiagonal(matvec, rademacher(n, gen, dev), m, restart_generator=None)
+        theta, w = quadrature(tri, m)
         j = len(theta)
         nodes[r, :j] = torch.from_numpy(theta)
-        weights[r, :j] = torch.from_numpy(s[0, :] ** 2)
+        weights[r, :j] = torch.from_numpy(w)
     return nodes, weights
 
 
