@@ -38,12 +38,16 @@ Expected device memory at full size (P = 36.5M parameters, float64 vectors 292 M
 to fit one 80 GB GPU:
 
 * hessian: the Lanczos basis is float64, ``steps x P x 8`` bytes, preallocated for
-  ``min(steps, 64)`` rows and doubled when full; ``max_steps=64`` and ``slq_steps=64`` keep it at
-  one 64-row block, 18.7 GB (the defaults 100 / 90 would double it to 128 rows at step 65:
-  37.4 GB plus an 18.7 GB copy while growing). The trace sketch holds about
-  ``trace_samples / 3`` float64 vectors (~10 GB at 99). The HVPs (recomputed double-backward on
-  batches of 128) keep the graph of a gradient: ~3x the activations of a training step,
-  ~12 GB at 128 images of 32x32.
+  ``min(steps, 64)`` rows and doubled when full; ``max_steps=64`` and ``slq_steps=64`` keep each
+  basis at one 64-row block, 18.7 GB (the defaults 100 / 90 would double it to 128 rows at step
+  65: 37.4 GB plus an 18.7 GB copy while growing). The eigenvalue run's basis is kept through the
+  trace (it deflates it) and the density (it is SLQ run 0), so the SLQ runs hold two bases
+  (37 GB). XTrace at its default 100 HVPs holds ~50 probe and ~50 orthonormal float64 vectors
+  (~29 GB, ~44 GB while a block is appended) next to the kept basis. The HVPs (recomputed
+  double-backward on batches of 128) keep the graph of a gradient: roughly 3x the activations of
+  a training step, ~12 GB at 128 images of 32x32. Expected Hessian peak: roughly 65-75 GB, in
+  the trace part: within 80 GB narrowly, comfortably on a 141 GB H200; ``--trace-samples 50``
+  halves the XTrace share.
 * sharpness: a handful of P-vectors (Auto-PGD's iterate, best point, gradient: < 2 GB) plus one
   training-step's activations at m=128 (~4 GB).
 * slice, feature_rank: no-grad forwards at batch 256 (a few GB), two directions (292 MB).
@@ -72,7 +76,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -104,7 +108,7 @@ class Size:
     hess_n: int = 2048
     hess_batch: int = 128
     hess_max_steps: int = 64
-    trace_samples: int = 99
+    trace_samples: int = 100
     slq_runs: int = 10
     slq_steps: int = 64
     slice_n: int = 2048
@@ -337,6 +341,8 @@ def run_suite(args) -> dict:
     torch.backends.cudnn.allow_tf32 = bool(args.tf32)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    if args.trace_samples is not None:
+        size = replace(size, trace_samples=args.trace_samples)
     parts = [p for p in PARTS if p in args.parts]
     tf32 = True if args.tf32 else None  # passed only when asked: the analyses' default is off
     fp32 = matmul_flops_per_second(device, torch.float32, size.matmul_n)
@@ -499,6 +505,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (the throughput too)")
     ap.add_argument("--bf16", action="store_true", help="autocast bf16 for the forward-only parts (slice, feature rank)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (0: leave as is)")
+    ap.add_argument("--trace-samples", type=int, default=None,
+                    help="the Hessian trace budget in HVPs (default: 100 at full size, the analysis' default)")
     ap.add_argument("--estimate", action="store_true",
                     help="no run: FLOPs per part counted on the meta device x the planned calls, floors at nominal peaks")
     ap.add_argument("--out", default=None, help="write the table (.md), the numbers (.json) or both (other suffix)")
@@ -507,7 +515,10 @@ def main(argv=None) -> dict:
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here; accepted: cpu, or cuda on a GPU machine")
     if args.estimate:
-        return {"estimate": estimate(TINY if args.tiny else FULL)}
+        size = TINY if args.tiny else FULL
+        if args.trace_samples is not None:
+            size = replace(size, trace_samples=args.trace_samples)
+        return {"estimate": estimate(size)}
     out = run_suite(args)
     if args.out:
         write_out(args.out, out)
