@@ -57,7 +57,7 @@ BASE = dict(lr=0.1, batch_size=128, warmup_epochs=1.0, weight_decay=5e-4, save_e
 DATASET, MODEL, WIDTH = "mnist1d", "resnet1d", 16
 # Measured on the 2-core box (one run at a time, 3 seeds): EPOCHS epochs of SGD + SAM take
 # TRAIN_SECONDS; see README "Research scripts".
-EPOCHS = 6
+EPOCHS = 5
 SEEDS = (0, 1, 2)
 QUICK = dict(dataset_kwargs={"num_samples": 600}, model_kwargs={"width": 4}, epochs=2, batch_size=100)
 
