@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean venv
+.PHONY: demo test test-all bench lint clean venv analyses
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ BENCH_PEERS = loss-landscapes==3.0.6 pyhessian==0.1 curvlinops-for-pytorch==3.0.
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(BENCH_PEERS)
 	$(PY) bench/run_all.py
+
+# The research scripts of analyses/ (README "Research scripts"), one after another; they share
+# the training runs in checkpoints/, so only the first trains. ARGS goes to each, e.g. ARGS=--quick.
+ANALYSES := $(sort $(filter-out analyses/runs.py,$(wildcard analyses/*.py)))
+analyses: $(STAMP)
+	@set -e; for script in $(ANALYSES); do echo "== $$script"; $(PY) $$script $(ARGS); done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
