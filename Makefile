@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean venv analyses
+.PHONY: demo gallery test test-all bench lint clean venv analyses
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/landscape demo
+
+# The README gallery: the demo's figures as PNGs in analyses/gallery/ (each < 300 KB; committed).
+# Reuses the runs and results of `make demo` (it computes only what is missing).
+gallery: $(STAMP)
+	$(VENV)/bin/landscape demo --gallery analyses/gallery
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,6 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from landscape.config import ConfigError, Options, TrainConfig, did_you_mean, field_docs, read_toml
@@ -176,18 +175,27 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on MNIST-1D: train SGD/SAM/SAM-ON/MSAM, analyze, plot")
-    p.add_argument("--out", default="demo", help="folder for checkpoints/, results/ and figures/")
-    p.add_argument("--epochs", type=int, default=None)
+    p = sub.add_parser("demo", help="the main job on MNIST-1D: train SGD/SAM/SAM-ON/MSAM, analyze, plot",
+                       description="Train SGD, SAM, SAM-ON and MSAM on MNIST-1D (a checkpoint every epoch), run "
+                                   "every analysis that applies, draw the figures and print one table. A second "
+                                   "run reuses finished runs and results.")
+    p.add_argument("--out", default=None,
+                   help="folder for checkpoints/, results/ and figures/ (default: checkpoints/demo, "
+                        "results/demo and figures/demo under the current folder)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests)")
+    p.add_argument("--gallery", default=None, metavar="DIR",
+                   help="also copy the README gallery's figures there as PNGs (make gallery: analyses/gallery)")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from landscape.demo import demo
 
-    demo(Path(args.out), epochs=args.epochs, quick=args.quick)
-    return 0
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs {args.epochs}: accepted: an integer >= 1")
+    report = demo(args.out, epochs=args.epochs, quick=args.quick, gallery=args.gallery)
+    return EXIT_FAILED if report["reused"]["failed"] else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
