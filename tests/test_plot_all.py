@@ -327,17 +327,23 @@ def open_hash(study: Study, analysis: str, h: str | None):
         return open_results(study.results, analysis, options_hash=h)
 
 
-def test_landscape_plot_makes_every_registered_figure(study, tmp_path, capsys):
+def test_landscape_plot_makes_every_registered_figure(study, tmp_path, capsys, monkeypatch):
+    """`landscape plot` over every analysis makes every registered figure, without a note.
+
+    The figures are recorded instead of rendered: each function is rendered to PNG and PDF by
+    test_figure_renders_from_a_real_result, and the CLI's files by tests/test_plots.py."""
     from landscape.cli import main
 
+    stems = _drawn_stems(monkeypatch)
     out = tmp_path / "figures"
-    # PNG only: each figure's PDF is drawn by test_figure_renders_from_a_real_result
-    assert main(["plot", str(study.results), "--runs", str(study.ckpts), "--out", str(out), "--formats", "png"]) == 0
-    err = capsys.readouterr().err
-    assert "could not draw" not in err and "skipped" not in err, err
-    made = {p.stem for p in out.glob("*.png")}
+    assert main(["plot", str(study.results), "--runs", str(study.ckpts), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "could not draw" not in cap.err and "skipped" not in cap.err, cap.err
+    made = set(stems)
+    assert len(stems) == len(made)
+    assert sorted(Path(p).name for p in cap.out.split()) == sorted(f"{m}.{f}" for m in made for f in ("png", "pdf"))
     want = _expected_stems(study) | {"training_curves", "training_diagnostics"}
-    assert want <= made, f"not drawn: {sorted(want - made)}"
+    assert want == made, f"not drawn: {sorted(want - made)}, unexpected: {sorted(made - want)}"
     slices = {m.split("-")[0] for m in made if m.startswith("slice")}
     assert slices == {"slice_1d", "slice_contour", "slice_surface", "slice_interpolation", "slice_trajectory"}
 
@@ -456,3 +462,19 @@ def test_sharpness_vs_accuracy_places_each_run_at_its_final_sharpness_and_test_a
         landscape.plots.sharpness_vs_accuracy(ds, {"other": study.histories["sgd"]})
     with pytest.raises(PlotError, match="rho=0.2 is not in the sharpness result"):
         landscape.plots.sharpness_vs_accuracy(ds, study.histories, rho=0.2)
+
+
+def test_the_readme_lists_every_figure_landscape_plot_makes():
+    """The README's "Figures" table names exactly the registered figures (and their functions)."""
+    import re
+
+    from landscape.plots.cli import FIGURES
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Figures"):]
+    section = section[: section.index("\n## ", 3)]
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \|.*\| `([a-z0-9_]+)` \|$", section, flags=re.M)
+    listed = dict(rows)
+    registered = {s.name: s.fn.__name__ for specs in FIGURES.values() for s in specs}
+    registered.update(training_curves="training_curves", training_diagnostics="training_diagnostics")
+    assert listed == registered

@@ -31,6 +31,7 @@ from landscape.plots.common import (
     figure,
     integer_axis,
     log_axis,
+    options,
     panel_grid,
     require,
     run_colors,
@@ -80,7 +81,7 @@ def _log_if_wide(ax, values) -> None:
 def _what(ds: xr.Dataset, kinds: Mapping[str, list[str]]) -> str:
     n = len(kinds.get("random", []))
     parts = [f"random: mean of {n}, band min-max" if n > 1 else ""]
-    params = ds.attrs.get("params")
+    params = options(ds).get("params")
     if params and params != "all":
         parts.append(f"params: {params}")
     return ", ".join(p for p in parts if p)

@@ -8,7 +8,6 @@ Error bars are the standard error of the mean over the ``n / m`` batches (``shar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from landscape.plots.common import (
     figure,
     integer_axis,
     log_axis,
+    options,
     panel_grid,
     require,
     run_colors,
@@ -43,13 +43,15 @@ def _ylabel(ds: xr.Dataset) -> str:
 
 
 def _what(ds: xr.Dataset) -> str:
-    """``"worst-case, m = 128"`` (+ the perturbed group when it is not all parameters)."""
+    """``"adaptive l-inf worst-case, m = 128"`` (+ the perturbed group when it is not all parameters)."""
     kind = ds.attrs.get("kind")
-    parts = [_KIND.get(str(kind), str(kind))] if kind else []
+    norm = {"linf": r"$\ell_\infty$", "l2": r"$\ell_2$"}.get(str(ds.attrs.get("norm", "")), "") if kind != "average" else ""
+    adaptive = "adaptive" if bool(int(ds.attrs.get("adaptive", 0))) else ""
+    parts = [" ".join(t for t in (adaptive, norm, _KIND.get(str(kind), str(kind))) if t)] if kind else []
     m = ds.attrs.get("batch_size")
     if m:
         parts.append(f"m = {int(m)}")
-    params = _options(ds).get("params")
+    params = options(ds).get("params")
     if params and params != "all":
         parts.append(f"params: {params}")
     return ", ".join(parts)
@@ -63,12 +65,6 @@ def _rho_label(ds: xr.Dataset) -> str:
     ball = (r"adaptive " if adaptive else "") + (f"${norm}$ " if norm else "")
     return rf"{ball}radius $\rho$"
 
-
-def _options(ds: xr.Dataset) -> dict[str, Any]:
-    try:
-        return dict(json.loads(str(ds.attrs.get("config_json", "{}"))))
-    except (ValueError, TypeError):
-        return {}
 
 
 def _log_if_wide(ax, values: np.ndarray) -> None:
