@@ -478,3 +478,20 @@ def test_the_readme_lists_every_figure_landscape_plot_makes():
     registered = {s.name: s.fn.__name__ for specs in FIGURES.values() for s in specs}
     registered.update(training_curves="training_curves", training_diagnostics="training_diagnostics")
     assert listed == registered
+
+
+def test_robust_accuracy_vs_eps_of_a_real_result(study):
+    """Each run's line: the clean accuracy at eps = 0, then the robust accuracies at eps in 1/255."""
+    ds = study.result("robustness")
+    fig = landscape.plots.robust_accuracy_vs_eps(ds)
+    (ax,) = fig.axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    assert set(lines) == set(RUNS)
+    eps = ds.eps.values
+    for run, ln in lines.items():
+        d = ds.sel(run=run).dropna("step", how="all", subset=["robust_accuracy"]).isel(step=-1)
+        np.testing.assert_allclose(ln.get_xdata(), np.concatenate([[0.0], 255 * np.sort(eps)]))
+        want = np.concatenate([[float(d.clean_accuracy)], d.robust_accuracy.sortby("eps").values])
+        np.testing.assert_allclose(ln.get_ydata(), 100 * want)
+        assert np.all(ln.get_ydata()[1:] <= ln.get_ydata()[0] + 1e-9)  # an attack never raises the accuracy
+    assert "(in 1/255)" in ax.get_xlabel() and "apgd-ce, n = 16" in ax.get_title()
