@@ -10,8 +10,9 @@ To register a new figure function ``landscape/plots/MODULE.py:fn``, add one line
     "MODULE.fn": Case(lambda r: ((r.result("hessian"),), {}), xlabel="...", ylabel="...", title="..."),
 
 where ``r`` is the module-scoped :class:`Study` (``r.result(analysis)``: the results of the
-study folder combined by ``open_results``; ``r.result(analysis, hash_of=...)``, ``r.histories``,
-``r.diagnostics``, ``r.slice(kind)``), and ``xlabel`` / ``ylabel`` / ``title`` are texts that
+study folder combined by ``open_results``; ``r.histories``, ``r.diagnostics``, ``r.slice(figure)``;
+``r.direct(analysis, **options)``: an analysis' direct output with other options, e.g. a
+per-group ``r.direct("hessian", params=..., top_k=2)``), and ``xlabel`` / ``ylabel`` / ``title`` are texts that
 some axes of the figure must contain (``title`` also matches the figure's suptitle and legend
 titles). A new analysis whose figures need other results: add its options to :data:`OPTIONS`
 (the study runs every analysis named there through ``landscape.analyze``).
@@ -87,6 +88,23 @@ class Study:
         from landscape.plots.cli import run_diagnostics
 
         return run_diagnostics(self.ckpts)
+
+    def direct(self, analysis: str, run: str = "sgd", **options):
+        """The direct output (no run/step dimensions) of a registered analysis on ``run``'s last
+        analysed checkpoint and the first 32 training examples, e.g.
+        ``s.direct("hessian", params="each:layer", top_k=2)``: for a figure of results the study
+        folder does not hold (``options``: the analysis' keyword arguments)."""
+        from landscape.analyses.registry import get_analysis
+        from landscape.checkpoint import load_checkpoint
+        from landscape.data import get_dataset
+
+        entry = get_analysis(analysis)
+        ckpt = load_checkpoint(self.ckpts / run / "epoch_0002.pt")
+        data = get_dataset("synthetic", "train", num_samples=64, input_shape=(6,), noise=0.5)
+        extra = entry.extra_inputs(ckpt) if entry.extra_inputs is not None else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return entry.fn(ckpt.model.eval(), (data.x[:32], data.y[:32]), **extra, **options)
 
     def slice(self, figure: str):
         """The slice result (one option set) that calls for ``figure``: "slice_contour" (2-D
@@ -495,3 +513,14 @@ def test_robust_accuracy_vs_eps_of_a_real_result(study):
         np.testing.assert_allclose(ln.get_ydata(), 100 * want)
         assert np.all(ln.get_ydata()[1:] <= ln.get_ydata()[0] + 1e-9)  # an attack never raises the accuracy
     assert "(in 1/255)" in ax.get_xlabel() and "apgd-ce, n = 16" in ax.get_title()
+
+
+def test_figures_of_an_analysis_direct_output(study):
+    """An analysis' own Dataset (no run/step dimensions) draws as run "model" at step 0."""
+    ds = study.direct("momentum", random_directions=2, batch_size=32)
+    assert "run" not in ds.dims and "step" not in ds.dims
+    (ax,) = landscape.plots.momentum_directions(ds).axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"model (cos = {float(ds.cosine):.2f})"]
+    assert sorted(round(p.get_height(), 9) for p in ax.patches) == sorted(
+        round(v, 9) for v in (float(ds.curvature.sel(direction="momentum")), float(ds.curvature.sel(direction="gradient")),
+                              float(ds.curvature.sel(direction=["random_0", "random_1"]).mean())))
