@@ -20,9 +20,10 @@ from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostic
 from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
 from landscape.plots.layers import layer_spectra
+from landscape.plots.momentum import momentum_directions, momentum_vs_step
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.robustness import robust_accuracy_vs_eps
-from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.sharpness import sharpness_vs_accuracy, sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.slices import (
     interpolation_curves,
     slice_contour,
@@ -41,11 +42,14 @@ __all__ = [
     "history_dataset",
     "interpolation_curves",
     "layer_spectra",
+    "momentum_directions",
+    "momentum_vs_step",
     "norm_param_histograms",
     "rebin",
     "robust_accuracy_vs_eps",
     "run_colors",
     "save",
+    "sharpness_vs_accuracy",
     "sharpness_vs_rho",
     "sharpness_vs_step",
     "slice_contour",
