@@ -225,7 +225,8 @@ def test_options_from_toml_list_and_errors(dense):
     with pytest.raises(ConfigError, match="non-empty list"):
         HessianOptions(params=())
     m, xy, _, _ = dense
-    with pytest.raises(ValueError, match=r"top_k=8 is larger than the dimension of parameter group '1' \(6"):
+    with pytest.raises(ValueError, match=r"top_k=8 is larger than the dimension of parameter group '1' \(6 "
+                                         r"parameters\); use top_k <= 6 \(the smallest of the 3 groups\)"):
         hessian_spectrum(m, xy, params="each:layer", **{**FAST, "top_k": 8})
 
 

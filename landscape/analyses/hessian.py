@@ -258,9 +258,17 @@ def hessian_spectrum(
     obj = Objective.from_options(model, data, opts, **objects)
     if groups is None:
         return _one_group(obj, opts, progress)
+    blocks = [obj.with_params(spec) for _, spec in groups]
+    small = [(name, b.numel) for (name, _), b in zip(groups, blocks) if b.numel < opts.top_k]
+    if small:  # before any group is computed
+        raise ValueError(
+            f"top_k={opts.top_k} is larger than the dimension of parameter group {small[0][0]!r} "
+            f"({small[0][1]} parameters); use top_k <= {min(b.numel for b in blocks)} "
+            f"(the smallest of the {len(groups)} groups)"
+        )
     loss0 = obj.check_finite()
-    parts = [_one_group(obj.with_params(spec), opts.replace(params=name), progress, loss0=loss0, label=name)
-             for name, spec in groups]
+    parts = [_one_group(b, opts.replace(params=name), progress, loss0=loss0, label=name)
+             for (name, _), b in zip(groups, blocks)]
     return _concat_groups(parts, [name for name, _ in groups], [owner_type(model, spec) for _, spec in groups], opts, obj)
 
 
