@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import warnings
@@ -215,6 +216,15 @@ CASES: dict[str, Case] = {
 }
 
 
+# The per-layer figure of the pergroup branch (landscape/plots/layers.py), registered ahead of its
+# merge so that the suite draws it from a real per-layer result as soon as the module exists.
+if importlib.util.find_spec("landscape.plots.layers") is not None:
+    CASES["layers.layer_spectra"] = Case(
+        lambda s: ((s.direct("hessian", params="each:layer", top_k=2, tol=1e-2, max_samples=32, batch_size=32,
+                             slq_runs=2, slq_steps=6, trace_samples=6, grid_points=100),), {}),
+        xlabel="parameter group", ylabel="top eigenvalue", title="each group's Hessian block")
+
+
 def public_figures() -> list[str]:
     """``"module.function"`` for every function in a ``landscape.plots`` module's ``__all__``
     (defined there, not re-exported) whose return annotation is ``Figure``; ``common`` holds the
@@ -283,7 +293,8 @@ def test_figure_renders_from_a_real_result(name, study, tmp_path):
     module, fn_name = name.split(".")
     fn = getattr(importlib.import_module(f"landscape.plots.{module}"), fn_name)
     args, kwargs = case.inputs(study)
-    colours = run_colors(RUNS, {"msam": "#117733", "sam": "#882255", "sgd": "#332288"})  # not the defaults
+    # not the defaults; "model": the run of an analysis' direct output
+    colours = run_colors([*RUNS, "model"], {"msam": "#117733", "sam": "#882255", "sgd": "#332288", "model": "#44AA99"})
     if "colors" in inspect.signature(fn).parameters:
         kwargs = {**kwargs, "colors": colours}
     fig = fn(*args, **kwargs)
@@ -300,7 +311,8 @@ def test_figure_renders_from_a_real_result(name, study, tmp_path):
     if case.runs:
         drawn = _colours(fig)
         first = args[0]
-        runs_drawn = list(first) if isinstance(first, dict) else [str(r) for r in np.atleast_1d(first["run"].values)]
+        runs_drawn = (list(first) if isinstance(first, dict) else
+                      [str(r) for r in np.atleast_1d(first["run"].values)] if "run" in first.coords else ["model"])
         for run in runs_drawn:
             rgb = tuple(np.round(mcolors.to_rgba(colours[run])[:3], 3))
             assert rgb in drawn, f"{name}: run {run!r} is not drawn in its colour {colours[run]}"
@@ -495,6 +507,9 @@ def test_the_readme_lists_every_figure_landscape_plot_makes():
     listed = dict(rows)
     registered = {s.name: s.fn.__name__ for specs in FIGURES.values() for s in specs}
     registered.update(training_curves="training_curves", training_diagnostics="training_diagnostics")
+    # listed ahead of the merge of the branch that adds it (landscape/plots/layers.py)
+    if "hessian_layers" not in registered and importlib.util.find_spec("landscape.plots.layers") is None:
+        assert listed.pop("hessian_layers") == "layer_spectra"
     assert listed == registered
 
 

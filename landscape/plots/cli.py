@@ -302,7 +302,9 @@ def plot_results(
             if spec.at_step:
                 kwargs["step"] = step
             if spec.histories:
-                found = {**histories_beside(ds), **histories}  # --runs wins over run.json found by path
+                found = dict(histories)
+                if any(str(r) not in found for r in ds["run"].values):  # --runs wins over run.json found by path
+                    found = {**histories_beside(ds), **histories}
                 if not found:
                     _note(f"{stem}: no training history (run.json) for the {name!r} results; skipped "
                           "(pass --runs CHECKPOINTS)")
