@@ -57,7 +57,7 @@ import torch
 import xarray as xr
 
 from landscape.analyses.common import make_options, stamp
-from landscape.analyses.lanczos import _order, lanczos, lanczos_tridiagonal
+from landscape.analyses.lanczos import _order, as_matvec, lanczos, lanczos_tridiagonal
 from landscape.analyses.slq import default_grid, default_sigma, gaussian_density, slq
 from landscape.analyses.trace import TraceEstimate, deflated_trace, hutchinson, hutchpp, xtrace
 from landscape.config import check
@@ -382,6 +382,44 @@ def _concat_eigenvectors(parts: list[xr.Dataset], names: list[str]) -> xr.DataAr
               "long_name": "unit Ritz vectors of each group's block (entries of that group only)"})
 
 
+def _trace(opts: HessianOptions, matvec, P: int, eig, g_trace: torch.Generator, device, counts: dict) -> TraceEstimate:
+    """The trace part of :func:`hessian_spectrum` after its eigenvalue run ``eig`` (kept basis):
+    one function, so that benchmarks can run exactly this code on a dense matrix."""
+    rtol = opts.trace_rtol if opts.trace_rtol > 0 else None
+    deflate = opts.trace_deflation != "none"
+    if deflate:
+        # tr(H) = tr(B^T H B) + tr((I - BB^T) H (I - BB^T)): the first term is known from the
+        # eigenvalue run without an HVP (sum of the Lanczos alpha, or of the Ritz values);
+        # only the deflated remainder is estimated from the trace budget.
+        budget = opts.trace_samples
+        if opts.trace_deflation == "lanczos":
+            # A Krylov basis deflates far better than a random sketch of the same cost: a third
+            # of the budget continues the eigenvalue run in place (the SLQ reuse continues the
+            # same run, so those steps are not paid twice), the rest probes the remainder.
+            krylov = budget // 3
+            tri, basis = lanczos_tridiagonal(as_matvec(matvec, P, device)[0], eig.state[1].rows[0],
+                                             eig.steps + krylov,
+                                             restart_generator=g_trace, resume=eig.state)
+            budget -= counts["trace"]
+            B, exact = basis.rows, float(np.sum(tri.alpha))
+        else:
+            theta, S = eig.state[0].eig()
+            wanted = _order(theta, opts.which)[: opts.top_k]
+            B = torch.as_tensor(S[:, wanted].T.copy(), dtype=torch.float64, device=eig.basis.device) @ eig.basis
+            B, exact = torch.linalg.qr(B.T)[0].T, float(theta[wanted].sum())
+        spent = counts["trace"]
+        est = deflated_trace(matvec, B, exact, P, method=opts.trace_method, max_matvecs=max(budget, 1),
+                             rtol=rtol, seed=g_trace, device=device) if budget > 0 else None
+        if est is None:  # the Krylov part spanned the space (tiny groups)
+            est = TraceEstimate(exact, 0.0, 0, opts.trace_method, exact, np.zeros(0), True, [], B.shape[0])
+        est.matvecs += spent
+        del B
+    else:
+        estimator = {"xtrace": xtrace, "hutch++": hutchpp, "hutchinson": hutchinson}[opts.trace_method]
+        est = estimator(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=device)
+    return est
+
+
 def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) -> xr.Dataset:
     P = obj.numel
 
@@ -425,36 +463,7 @@ def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) ->
     if opts.trace:
         part[0] = "trace"
         t0 = time.perf_counter()
-        rtol = opts.trace_rtol if opts.trace_rtol > 0 else None
-        if deflate:
-            # tr(H) = tr(B^T H B) + tr((I - BB^T) H (I - BB^T)): the first term is known from the
-            # eigenvalue run without an HVP (sum of the Lanczos alpha, or of the Ritz values);
-            # only the deflated remainder is estimated from the trace budget.
-            budget = opts.trace_samples
-            if opts.trace_deflation == "lanczos":
-                # A Krylov basis deflates far better than a random sketch of the same cost: a third
-                # of the budget continues the eigenvalue run in place (the SLQ reuse continues the
-                # same run, so those steps are not paid twice), the rest probes the remainder.
-                krylov = budget // 3
-                tri, basis = lanczos_tridiagonal(matvec, eig.state[1].rows[0], eig.steps + krylov,
-                                                 restart_generator=g_trace, resume=eig.state)
-                budget -= counts["trace"]
-                B, exact = basis.rows, float(np.sum(tri.alpha))
-            else:
-                theta, S = eig.state[0].eig()
-                wanted = _order(theta, opts.which)[: opts.top_k]
-                B = torch.as_tensor(S[:, wanted].T.copy(), dtype=torch.float64, device=eig.basis.device) @ eig.basis
-                B, exact = torch.linalg.qr(B.T)[0].T, float(theta[wanted].sum())
-            spent = counts["trace"]
-            est = deflated_trace(matvec, B, exact, P, method=opts.trace_method, max_matvecs=max(budget, 1),
-                                 rtol=rtol, seed=g_trace, device=obj.device) if budget > 0 else None
-            if est is None:  # the Krylov part spanned the space (tiny groups)
-                est = TraceEstimate(exact, 0.0, 0, opts.trace_method, exact, np.zeros(0), True, [], B.shape[0])
-            est.matvecs += spent
-            del B
-        else:
-            estimator = {"xtrace": xtrace, "hutch++": hutchpp, "hutchinson": hutchinson}[opts.trace_method]
-            est = estimator(matvec, P, max_matvecs=opts.trace_samples, rtol=rtol, seed=g_trace, device=obj.device)
+        est = _trace(opts, matvec, P, eig, g_trace, obj.device, counts)
         seconds["trace"] = time.perf_counter() - t0
         name = opts.trace_method + (f", deflated by the {est.deflation}-vector {opts.trace_deflation} basis"
                                     if deflate else "")
