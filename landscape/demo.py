@@ -64,18 +64,19 @@ FINAL_ANALYSES = ("slice",)
 # The figures of the README gallery (``landscape demo --gallery DIR``), with what each shows.
 GALLERY: dict[str, str] = {
     "training_curves": "training and test loss and accuracy of the four optimizers per epoch",
-    "hessian_eigenvalues": "the top Hessian eigenvalues over training (Lanczos)",
+    "sharpness_accuracy": "test accuracy against adaptive worst-case sharpness, one point per run "
+                          "(SAM-ON Table 6 as a figure)",
+    "hessian_eigenvalues": "the top-5 Hessian eigenvalues over training (Lanczos; lambda_1 bold)",
     "hessian_trace": "the Hessian trace over training (Hutch++, with its standard error)",
     "hessian_density": "the Hessian's spectral density at the last checkpoint (stochastic Lanczos quadrature)",
-    "sharpness_step": "adaptive worst-case l-inf m-sharpness over training, one panel per radius",
-    "sharpness_rho": "adaptive worst-case l-inf m-sharpness against the radius rho at the last checkpoint",
-    "sharpness_accuracy": "test accuracy against sharpness, one point per run (SAM-ON Table 6 as a figure)",
-    "momentum": "curvature along the momentum, the gradient and random directions, and the "
-                "momentum-gradient cosine, over training (MSAM Appendix A.4)",
+    "sharpness_step": "adaptive worst-case l-inf m-sharpness over training, one panel per radius rho",
+    "sharpness_rho": "adaptive worst-case l-inf m-sharpness against rho at the last checkpoint",
+    "momentum_step": "curvature along the momentum, the gradient and random directions, and the "
+                     "momentum-gradient cosine, over training (MSAM Appendix A.4)",
+    "momentum_directions": "the same curvatures at the last checkpoint, one group of bars per run",
     "feature_rank_step": "the feature rank of each stage and of the penultimate layer over training",
     "norm_params_hist": "histograms of the normalization layers' gamma and beta at the last checkpoint",
     "slice_contour": "a 2-D filter-normalized random slice of the training loss around each final model",
-    "hessian_layers": "lambda_max of each layer's own Hessian block",
 }
 GALLERY_MAX_BYTES = 300_000
 
@@ -127,6 +128,7 @@ class DemoBudget:
     n: int = 1024
     hessian_n: int = 512
     top_k: int = 5
+    lanczos_steps: int | None = None
     trace_samples: int = 30
     slq_runs: int = 2
     slq_steps: int = 20
@@ -143,7 +145,7 @@ class DemoBudget:
     def quick(cls) -> DemoBudget:
         """A tiny budget for tests: the same code paths in seconds (every epoch analysed)."""
         return cls(epochs=2, width=4, batch_size=100, num_samples=600, analyse_epochs=None, n=200,
-                   hessian_n=100, top_k=2, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
+                   hessian_n=100, top_k=2, lanczos_steps=8, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
                    rho=(0.002, 0.004), m=50, apgd_steps=3, random_directions=1, slice_grid="-1:1:4",
                    slice_n=100, workers=1)
 
@@ -176,7 +178,7 @@ def demo_analysis_options(budget: DemoBudget) -> dict[str, dict[str, Any]]:
     """
     return {
         "data": {"n": budget.n},
-        "hessian": {"top_k": budget.top_k, "tol": 1e-3, "max_samples": budget.hessian_n,
+        "hessian": {"top_k": budget.top_k, "tol": 1e-3, "max_steps": budget.lanczos_steps, "max_samples": budget.hessian_n,
                     "batch_size": budget.hessian_n, "trace_samples": budget.trace_samples,
                     "slq_runs": budget.slq_runs, "slq_steps": budget.slq_steps},
         "sharpness": {"kind": "worst", "norm": "linf", "adaptive": True, "logit_normalize": True,
