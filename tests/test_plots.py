@@ -502,13 +502,13 @@ def test_plots_never_import_torch(study, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) == 4  # png only
+    assert int(out.stdout.split()[-1]) == 5  # png only
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-FIGS = ["norm_params_hist", "sharpness_rho", "sharpness_step", "training_curves"]
+FIGS = ["norm_params_hist", "sharpness_accuracy", "sharpness_rho", "sharpness_step", "training_curves"]
 HESSIAN_FIGS = ["hessian_density", "hessian_eigenvalues", "hessian_trace"]
 
 
@@ -538,7 +538,8 @@ def test_cli_subset_step_and_notes(study, tmp_path, capsys):
                "--step", str(step), "--formats", "png"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
-    assert sorted(p.name for p in out.iterdir()) == ["sharpness_rho.png", "sharpness_step.png"]
+    # sharpness_accuracy without --runs: the test accuracy from the run.json beside the checkpoints
+    assert sorted(p.name for p in out.iterdir()) == ["sharpness_accuracy.png", "sharpness_rho.png", "sharpness_step.png"]
 
     # a results folder with only one analysis: the others are skipped with a note
     only = tmp_path / "only_norm"

@@ -19,9 +19,10 @@ from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import slq_density, spectral_density, top_eigenvalues, trace
+from landscape.plots.momentum import momentum_directions, momentum_vs_step
 from landscape.plots.norm_params import norm_param_histograms, rebin
 from landscape.plots.robustness import robust_accuracy_vs_eps
-from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.sharpness import sharpness_vs_accuracy, sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.slices import (
     interpolation_curves,
     slice_contour,
@@ -39,11 +40,14 @@ __all__ = [
     "feature_rank_vs_step",
     "history_dataset",
     "interpolation_curves",
+    "momentum_directions",
+    "momentum_vs_step",
     "norm_param_histograms",
     "rebin",
     "robust_accuracy_vs_eps",
     "run_colors",
     "save",
+    "sharpness_vs_accuracy",
     "sharpness_vs_rho",
     "sharpness_vs_step",
     "slice_contour",

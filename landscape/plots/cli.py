@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from landscape.config import did_you_mean
@@ -26,9 +27,10 @@ from landscape.plots.common import PlotError, run_colors, save
 from landscape.plots.diagnostics import diagnostics_dataset, training_diagnostics
 from landscape.plots.feature_rank import feature_rank_bars, feature_rank_vs_step
 from landscape.plots.hessian import spectral_density, top_eigenvalues, trace
+from landscape.plots.momentum import momentum_directions, momentum_vs_step
 from landscape.plots.norm_params import norm_param_histograms
 from landscape.plots.robustness import robust_accuracy_vs_eps
-from landscape.plots.sharpness import sharpness_vs_rho, sharpness_vs_step
+from landscape.plots.sharpness import sharpness_vs_accuracy, sharpness_vs_rho, sharpness_vs_step
 from landscape.plots.slices import (
     interpolation_curves,
     slice_contour,
@@ -39,7 +41,7 @@ from landscape.plots.slices import (
 )
 from landscape.plots.training import history_dataset, training_curves
 
-__all__ = ["FIGURES", "add_plot_parser", "plot_results", "run_diagnostics", "run_plot"]
+__all__ = ["FIGURES", "add_plot_parser", "histories_beside", "plot_results", "run_diagnostics", "run_plot"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class FigureSpec:
     curve over training steps and is skipped when the results hold a single step.
     ``when``: drawn only for results it accepts (a slice result calls for other figures in 1-D
     and 2-D, for an interpolation and for a trajectory); the others are left out silently.
+    ``histories``: the function also takes the runs' training histories (``histories=``, run ->
+    :func:`~landscape.plots.training.history_dataset`); skipped with a note when there are none.
     """
 
     name: str
@@ -58,6 +62,7 @@ class FigureSpec:
     at_step: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
     when: Callable[[xr.Dataset], bool] | None = None
+    histories: bool = False
 
 
 def _slice_spec(stem: str, fn: Callable[..., Any]) -> FigureSpec:
@@ -74,6 +79,12 @@ FIGURES: dict[str, tuple[FigureSpec, ...]] = {
     "sharpness": (
         FigureSpec("sharpness_rho", sharpness_vs_rho, ("sharpness_mean", "sharpness_sem"), at_step=True),
         FigureSpec("sharpness_step", sharpness_vs_step, ("sharpness_mean", "sharpness_sem")),
+        FigureSpec("sharpness_accuracy", sharpness_vs_accuracy, ("sharpness_mean", "sharpness_sem"),
+                   at_step=True, histories=True),
+    ),
+    "momentum": (
+        FigureSpec("momentum_directions", momentum_directions, ("curvature", "cosine"), at_step=True),
+        FigureSpec("momentum_step", momentum_vs_step, ("curvature", "cosine")),
     ),
     "norm_params": (
         FigureSpec("norm_params_hist", norm_param_histograms, ("histogram", "bin_edges"), at_step=True),
@@ -150,6 +161,28 @@ def run_histories(folder: str | Path) -> dict[str, xr.Dataset]:
             out[name] = history_dataset(info, run=name)
         except (PlotError, ValueError) as e:
             _note(f"skipped {path}: {e}")
+    return out
+
+
+def histories_beside(ds: xr.Dataset) -> dict[str, xr.Dataset]:
+    """Training histories of a combined result's runs from the ``run.json`` beside their
+    checkpoints (the ``checkpoint`` coordinate, as ``landscape analyze`` recorded it: relative to
+    its working directory), by run name; runs whose ``run.json`` is not found are left out."""
+    from landscape.results import ResultError, read_json
+
+    out: dict[str, xr.Dataset] = {}
+    if "checkpoint" not in ds.coords or "run" not in ds.dims:
+        return out
+    for run in (str(r) for r in ds["run"].values):
+        paths = {str(p) for p in np.atleast_1d(ds["checkpoint"].sel(run=run).values) if str(p)}
+        for p in sorted(paths):
+            run_json = Path(p).parent / "run.json"
+            if run_json.is_file():
+                try:
+                    out[run] = history_dataset(read_json(run_json), run=run)
+                    break
+                except (ResultError, PlotError, ValueError) as e:
+                    _note(f"skipped {run_json}: {e}")
     return out
 
 
@@ -260,6 +293,15 @@ def plot_results(
             kwargs = dict(spec.kwargs, colors=colors)
             if spec.at_step:
                 kwargs["step"] = step
+            if spec.histories:
+                found = dict(histories)
+                if any(str(r) not in found for r in ds["run"].values):  # --runs wins over run.json found by path
+                    found = {**histories_beside(ds), **histories}
+                if not found:
+                    _note(f"{stem}: no training history (run.json) for the {name!r} results; skipped "
+                          "(pass --runs CHECKPOINTS)")
+                    continue
+                kwargs["histories"] = found
             draw(stem, lambda spec=spec, ds=ds, kwargs=kwargs: spec.fn(ds, **kwargs))
     if histories:
         draw("training_curves", lambda: training_curves(histories, colors=colors))
@@ -275,7 +317,9 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help="draw figures from a results folder (and training curves from run folders)",
         description="Draw every figure the results of `landscape analyze` allow: Hessian density, "
-                    "eigenvalues and trace; sharpness vs rho and vs step; normalization-parameter "
+                    "eigenvalues and trace; sharpness vs rho, vs step and test accuracy vs sharpness; "
+                    "curvature along momentum, gradient and random directions; feature rank; robust "
+                    "accuracy vs eps; normalization-parameter "
                     "histograms; loss-landscape slices (1-D curves, interpolation, 2-D contour and "
                     "surface, trajectory plane); and, with --runs, training curves. Missing analyses are skipped.",
     )

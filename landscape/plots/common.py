@@ -29,6 +29,7 @@ __all__ = [
     "integer_axis",
     "last_steps",
     "log_axis",
+    "options",
     "panel_grid",
     "require",
     "run_colors",
@@ -176,6 +177,23 @@ def require(ds: Any, figure_name: str, analysis: str, variables: Sequence[str], 
             f"variables [{', '.join(map(str, ds.data_vars))}] and dims {dict(ds.sizes)}"
             + (f"; missing {', '.join(missing + missing_dims)}" if missing or missing_dims else "")
         )
+
+
+def options(ds: xr.Dataset) -> dict[str, Any]:
+    """The analysis options a result was computed with (its ``config_json``); ``{}`` when absent
+    or unreadable (a figure then leaves the detail out of its labels).
+
+    Example:
+        >>> options(xr.Dataset(attrs={"config_json": '{"top_k": 5}'}))
+        {'top_k': 5}
+    """
+    import json
+
+    try:
+        out = json.loads(str(ds.attrs.get("config_json", "{}")))
+    except (ValueError, TypeError):
+        return {}
+    return dict(out) if isinstance(out, dict) else {}
 
 
 def with_run_step(ds: xr.Dataset, run: str = "model") -> xr.Dataset:

@@ -9,7 +9,6 @@ by the number of examples (``n <= d``) is drawn hatched (bars) or as an open mar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from landscape.plots.common import (
     axis_label,
     figure,
     integer_axis,
+    options,
     panel_grid,
     require,
     run_colors,
@@ -40,16 +40,10 @@ _YLABEL = "feature rank"
 _CAPPED = "open markers: rank capped by n (n <= d)"
 
 
-def _options(ds: xr.Dataset) -> dict[str, Any]:
-    try:
-        return dict(json.loads(str(ds.attrs.get("config_json", "{}"))))
-    except (ValueError, TypeError):
-        return {}
-
 
 def _what(ds: xr.Dataset) -> str:
     """``"sample-centred, 99 % of sum s^2, n = 10240"`` from the options and the sample count."""
-    opts = _options(ds)
+    opts = options(ds)
     centering = ds.attrs.get("centering", opts.get("centering"))
     threshold = ds.attrs.get("threshold", opts.get("threshold"))
     parts = []

@@ -13,7 +13,6 @@ the fair way to compare runs whose spectra have different widths.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from landscape.plots.common import (
     figure,
     integer_axis,
     log_axis,
+    options,
     require,
     run_colors,
     runs_of,
@@ -42,15 +42,9 @@ __all__ = ["slq_density", "spectral_density", "top_eigenvalues", "trace"]
 _WHICH = {"LA": "largest", "SA": "smallest", "LM": "largest |.|"}
 
 
-def _options(ds: xr.Dataset) -> dict[str, Any]:
-    try:
-        return dict(json.loads(str(ds.attrs.get("config_json", "{}"))))
-    except (ValueError, TypeError):
-        return {}
-
 
 def _group_note(ds: xr.Dataset) -> str:
-    params = _options(ds).get("params", ds.attrs.get("params", "all"))
+    params = options(ds).get("params", ds.attrs.get("params", "all"))
     return "" if params in (None, "all") else f"parameters: {params}"
 
 
@@ -221,7 +215,7 @@ def top_eigenvalues(
             logy = vals.size > 0 and (vals > 0).all() and vals.max() / vals.min() >= 10
         if logy:
             log_axis(ax, "y")
-        which = _WHICH.get(str(_options(ds).get("which", "LA")), "")
+        which = _WHICH.get(str(options(ds).get("which", "LA")), "")
         ax.set_xlabel(axis_label(ds["step"], "training step"))
         integer_axis(ax)
         ax.set_ylabel(rf"Hessian eigenvalue $\lambda_k$ ({which})" if which else r"Hessian eigenvalue $\lambda_k$")
@@ -262,7 +256,7 @@ def trace(
             se = np.where(np.isfinite(se), se, 0.0)
             ax.plot(steps[ok], t[ok], color=colors[run], marker="o", label=run)
             ax.fill_between(steps[ok], (t - se)[ok], (t + se)[ok], color=colors[run], alpha=0.25, linewidth=0)
-        method = _options(ds).get("trace_method", "")
+        method = options(ds).get("trace_method", "")
         ax.set_xlabel(axis_label(ds["step"], "training step"))
         integer_axis(ax)
         ax.set_ylabel("Hessian trace" + (f" ({method})" if method else ""))
