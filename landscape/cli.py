@@ -183,10 +183,26 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder for checkpoints/, results/ and figures/ (default: checkpoints/demo, "
                         "results/demo and figures/demo under the current folder)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8; 2 with --quick)")
+    p.add_argument("--analyse-epochs", default=None, metavar="LIST",
+                   help="epochs whose checkpoints get the per-epoch analyses: a comma list or 'all' "
+                        "(default 4,8; the last epoch is always included)")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     p.add_argument("--gallery", default=None, metavar="DIR",
                    help="also copy the README gallery's figures there as PNGs (make gallery: analyses/gallery)")
     p.set_defaults(func=run_demo)
+
+
+def _epoch_list(text: str | None) -> tuple[int, ...] | str | None:
+    """``--analyse-epochs``: ``None``, ``"all"`` or a comma list of epochs >= 1."""
+    if text is None or text.strip() == "all":
+        return None if text is None else "all"
+    try:
+        epochs = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or min(epochs) < 1:
+        raise ConfigError(f"--analyse-epochs {text!r}: accepted: 'all' or a comma list of epochs >= 1, e.g. 2,4,8")
+    return epochs
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -194,7 +210,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs}: accepted: an integer >= 1")
-    report = demo(args.out, epochs=args.epochs, quick=args.quick, gallery=args.gallery)
+    report = demo(args.out, epochs=args.epochs, quick=args.quick, gallery=args.gallery,
+                  analyse_epochs=_epoch_list(args.analyse_epochs))
     return EXIT_FAILED if report["reused"]["failed"] else EXIT_OK
 
 

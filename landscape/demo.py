@@ -4,7 +4,8 @@ Trains SGD, SAM, SAM-ON and MSAM (the three papers' optimizers; same seed, data 
 budget) on MNIST-1D with ``resnet1d``, writing a checkpoint every epoch, then analyses the
 checkpoints with every analysis that applies:
 
-* on every second epoch's checkpoint (the curves over training; :class:`DemoBudget`): the Hessian spectrum (top
+* on the checkpoints of epochs 4 and 8 of 8 (the curves over training; ``--analyse-epochs``
+  chooses others, ``all`` every epoch): the Hessian spectrum (top
   eigenvalues by Lanczos, Hutch++ trace, SLQ density), adaptive worst-case l-inf m-sharpness
   with logit normalization (SAM-ON Appendix B.10), the curvature along the momentum, gradient and
   random directions and the momentum-gradient cosine (MSAM Appendix A.4), the gamma/beta
@@ -63,18 +64,19 @@ FINAL_ANALYSES = ("slice",)
 # The figures of the README gallery (``landscape demo --gallery DIR``), with what each shows.
 GALLERY: dict[str, str] = {
     "training_curves": "training and test loss and accuracy of the four optimizers per epoch",
-    "hessian_eigenvalues": "the top Hessian eigenvalues over training (Lanczos)",
+    "sharpness_accuracy": "test accuracy against adaptive worst-case sharpness, one point per run "
+                          "(SAM-ON Table 6 as a figure)",
+    "hessian_eigenvalues": "the top-5 Hessian eigenvalues over training (Lanczos; lambda_1 bold)",
     "hessian_trace": "the Hessian trace over training (Hutch++, with its standard error)",
     "hessian_density": "the Hessian's spectral density at the last checkpoint (stochastic Lanczos quadrature)",
-    "sharpness_step": "adaptive worst-case l-inf m-sharpness over training, one panel per radius",
-    "sharpness_rho": "adaptive worst-case l-inf m-sharpness against the radius rho at the last checkpoint",
-    "sharpness_accuracy": "test accuracy against sharpness, one point per run (SAM-ON Table 6 as a figure)",
-    "momentum": "curvature along the momentum, the gradient and random directions, and the "
-                "momentum-gradient cosine, over training (MSAM Appendix A.4)",
+    "sharpness_step": "adaptive worst-case l-inf m-sharpness over training, one panel per radius rho",
+    "sharpness_rho": "adaptive worst-case l-inf m-sharpness against rho at the last checkpoint",
+    "momentum_step": "curvature along the momentum, the gradient and random directions, and the "
+                     "momentum-gradient cosine, over training (MSAM Appendix A.4)",
+    "momentum_directions": "the same curvatures at the last checkpoint, one group of bars per run",
     "feature_rank_step": "the feature rank of each stage and of the penultimate layer over training",
     "norm_params_hist": "histograms of the normalization layers' gamma and beta at the last checkpoint",
     "slice_contour": "a 2-D filter-normalized random slice of the training loss around each final model",
-    "hessian_layers": "lambda_max of each layer's own Hessian block",
 }
 GALLERY_MAX_BYTES = 300_000
 
@@ -114,17 +116,19 @@ class DemoBudget:
     The defaults fit ``make demo`` (install included) into about 10 minutes on an idle 2-core
     CPU: measured CPU seconds per checkpoint (one thread, width 16): Hessian 18 (85 HVPs on 512
     examples), sharpness 8.5, momentum 3, feature rank 0.7, gamma/beta 0.3; a 13 x 13 slice 6;
-    training about 3 per epoch and run.
+    training about 3 per epoch and run. Every second epoch (``analyse_epochs=(2, 4, 6, 8)``)
+    doubles the analyses' part.
     """
 
     epochs: int = 8
     width: int = 16
     batch_size: int = 128
     num_samples: int = 5000
-    analyse_epochs: tuple[int, ...] | None = (2, 4, 6, 8)
+    analyse_epochs: tuple[int, ...] | None = (4, 8)
     n: int = 1024
     hessian_n: int = 512
     top_k: int = 5
+    lanczos_steps: int | None = None
     trace_samples: int = 30
     slq_runs: int = 2
     slq_steps: int = 20
@@ -141,7 +145,7 @@ class DemoBudget:
     def quick(cls) -> DemoBudget:
         """A tiny budget for tests: the same code paths in seconds (every epoch analysed)."""
         return cls(epochs=2, width=4, batch_size=100, num_samples=600, analyse_epochs=None, n=200,
-                   hessian_n=100, top_k=2, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
+                   hessian_n=100, top_k=2, lanczos_steps=8, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
                    rho=(0.002, 0.004), m=50, apgd_steps=3, random_directions=1, slice_grid="-1:1:4",
                    slice_n=100, workers=1)
 
@@ -174,7 +178,7 @@ def demo_analysis_options(budget: DemoBudget) -> dict[str, dict[str, Any]]:
     """
     return {
         "data": {"n": budget.n},
-        "hessian": {"top_k": budget.top_k, "tol": 1e-3, "max_samples": budget.hessian_n,
+        "hessian": {"top_k": budget.top_k, "tol": 1e-3, "max_steps": budget.lanczos_steps, "max_samples": budget.hessian_n,
                     "batch_size": budget.hessian_n, "trace_samples": budget.trace_samples,
                     "slq_runs": budget.slq_runs, "slq_steps": budget.slq_steps},
         "sharpness": {"kind": "worst", "norm": "linf", "adaptive": True, "logit_normalize": True,
@@ -265,30 +269,21 @@ def train_runs(configs: dict[str, TrainConfig], workers: int) -> tuple[dict[str,
     return runs, reused
 
 
-def _hash_of(summary, analysis: str) -> str | None:
-    """The options hash of ``analysis``' results in this run (from the result file names)."""
-    for rec in (*summary.done, *summary.skipped):
-        if rec["analysis"] == analysis:
-            return Path(rec["result"]).stem.rsplit("-", 1)[-1]
-    return None
+def last_results(summaries, runs: dict[str, Path], last_epoch: int) -> dict[tuple[str, str], Path]:
+    """``(run, analysis) -> result file`` of each run's last checkpoint, from the batch summaries
+    (done or skipped in this run: the results of these options, not of earlier ones)."""
+    stem = f"epoch_{last_epoch:04d}"
+    found: dict[tuple[str, str], Path] = {}
+    for s in summaries:
+        for rec in (*s.done, *s.skipped):
+            if rec["run"] in runs and Path(rec["checkpoint"]).stem == stem:
+                found[rec["run"], rec["analysis"]] = Path(rec["result"])
+    return found
 
 
-def _at_last_step(ds, run: str):
-    """The result of ``run`` at its last analysed step."""
-    one = ds.sel(run=run)
-    if "step" in one.dims:
-        steps = [i for i in range(one.sizes["step"]) if _has_data(one.isel(step=i))]
-        one = one.isel(step=steps[-1] if steps else -1)
-    return one
-
-
-def _has_data(ds) -> bool:
-    import numpy as np
-
-    for v in ds.data_vars.values():
-        if v.dtype.kind == "f":
-            return bool(np.isfinite(v.values).any())
-    return True
+def _one(ds):
+    """A result file's dataset without its length-1 ``run`` and ``step`` dimensions."""
+    return ds.isel({d: 0 for d in ("run", "step") if d in ds.dims})
 
 
 def _first_group(da):
@@ -296,34 +291,31 @@ def _first_group(da):
     return da.isel(group=0) if "group" in da.dims else da
 
 
-def summary_table(layout: DemoLayout, runs: dict[str, Path], hashes: dict[str, str | None]) -> dict[str, dict]:
-    """One row per run at its last checkpoint: test accuracy and every analysis' headline number."""
+def summary_table(runs: dict[str, Path], files: dict[tuple[str, str], Path]) -> dict[str, dict]:
+    """One row per run at its last checkpoint: test accuracy and every analysis' headline number
+    (read from the one result file of that checkpoint, not the whole folder)."""
     import numpy as np
 
-    from landscape.results import open_results, read_json
+    from landscape.results import read_json, read_result
 
-    opened = {a: open_results(layout.results, a, options_hash=h) for a, h in hashes.items() if h is not None}
     table: dict[str, dict] = {}
     for name, run in runs.items():
         hist = read_json(run / "run.json")["history"][-1]
         row: dict[str, Any] = {"epoch": int(hist["epoch"]), "test_acc": float(hist["test_acc"])}
-        if "sharpness" in opened:
-            sh = _at_last_step(opened["sharpness"], name)
+        get = lambda analysis, name=name: _one(read_result(files[name, analysis])) if (name, analysis) in files else None  # noqa: E731
+        if (sh := get("sharpness")) is not None:
             row["sharpness"] = float(sh["sharpness_mean"].isel(rho=-1))
             row["rho"] = float(sh["rho"].isel(rho=-1))
-        if "hessian" in opened:
-            hs = _at_last_step(opened["hessian"], name)
+        if (hs := get("hessian")) is not None:
             row["lambda_max"] = float(_first_group(hs["eigenvalues"]).isel(k=0))
             row["trace"] = float(_first_group(hs["trace"]))
-        if "feature_rank" in opened:
-            fr = _at_last_step(opened["feature_rank"], name)
+        if (fr := get("feature_rank")) is not None:
             row["feature_rank"] = int(fr["rank"].sel(layer="penultimate"))
-        if "norm_params" in opened:
-            npar = _at_last_step(opened["norm_params"], name)
+        if (npar := get("norm_params")) is not None:
             mean, size = npar["mean"].sel(param="gamma").values, npar["size"].values
             row["mean_gamma"] = float(np.sum(mean * size) / np.sum(size))  # over all channels
-        if "momentum" in opened:
-            row["momentum_cosine"] = float(_at_last_step(opened["momentum"], name)["cosine"])
+        if (mo := get("momentum")) is not None:
+            row["momentum_cosine"] = float(mo["cosine"])
         table[name] = row
     return table
 
@@ -373,7 +365,8 @@ def draw_figures(layout: DemoLayout, formats=("png",)) -> tuple[list[Path], list
 
 
 def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: int | None = None,
-         budget: DemoBudget | None = None, gallery: str | os.PathLike | None = None) -> dict[str, Any]:
+         analyse_epochs: tuple[int, ...] | str | None = None, budget: DemoBudget | None = None,
+         gallery: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train, analyse, plot; print the summary table and return it.
 
     Args:
@@ -381,6 +374,8 @@ def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: i
             its ``checkpoints/``, ``results/``, ``figures/`` (see :class:`DemoLayout`).
         quick: the tiny budget of the tests (:meth:`DemoBudget.quick`).
         epochs: override the budget's epochs.
+        analyse_epochs: override the epochs that get the per-epoch analyses (``"all"``: every
+            epoch; the last is always included).
         budget: the sizes (default :class:`DemoBudget` or its quick form).
         gallery: also copy the :data:`GALLERY` figures there as PNGs (the README's gallery).
 
@@ -393,6 +388,8 @@ def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: i
     budget = budget or (DemoBudget.quick() if quick else DemoBudget())
     if epochs is not None:
         budget = dataclasses.replace(budget, epochs=epochs)
+    if analyse_epochs is not None:
+        budget = dataclasses.replace(budget, analyse_epochs=None if analyse_epochs == "all" else tuple(analyse_epochs))
     layout = DemoLayout.at(out)
     if out is None and Path("demo/checkpoints").is_dir():
         log.info("demo: demo/ holds the output of an earlier version's layout; it is not used "
@@ -436,8 +433,7 @@ def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: i
         log.error("demo: figure failed: %s", failure)
     t_total = time.monotonic() - t0
 
-    hashes = {a: next((h for s in summaries if (h := _hash_of(s, a))), None) for a in (*wanted, *FINAL_ANALYSES)}
-    table = summary_table(layout, runs, hashes)
+    table = summary_table(runs, last_results(summaries, runs, budget.epochs))
     report = {
         "table": table,
         "figures": [str(p) for p in figures],

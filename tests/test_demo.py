@@ -104,7 +104,7 @@ def test_demo_layout_default_and_the_earlier_out_folder():
 def test_demo_budget_always_analyses_the_last_epoch():
     assert DemoBudget(epochs=6, analyse_epochs=(1, 3)).epochs_analysed() == [1, 3, 6]
     assert DemoBudget(epochs=3, analyse_epochs=None).epochs_analysed() == [1, 2, 3]
-    assert DemoBudget().epochs_analysed() == [2, 4, 6, 8]
+    assert DemoBudget().epochs_analysed() == [4, 8]
 
 
 def test_robustness_applies_only_to_inputs_with_a_pixel_range():
@@ -128,3 +128,8 @@ def test_format_table_prints_missing_values_as_a_dash():
 def test_demo_rejects_a_bad_epoch_count(capsys):
     assert main(["demo", "--quick", "--epochs", "0", "--out", "/nonexistent"]) == 2
     assert "--epochs 0" in capsys.readouterr().err
+
+
+def test_demo_rejects_a_bad_epoch_list(capsys):
+    assert main(["demo", "--quick", "--analyse-epochs", "two", "--out", "/nonexistent"]) == 2
+    assert "--analyse-epochs 'two'" in capsys.readouterr().err
