@@ -23,7 +23,7 @@ SCRIPTS = {  # script -> (its optimizers, the table's columns, its figures)
                      ["density", "eigenvalues", "summary"]),
     "landscape_slices": (["sgd", "sam"], ["train_loss", "1d_rise@0.1", "1d_rise@0.5", "2d_rise@0.25"],
                          ["slice1d", "slice2d", "surface2d", "interpolation"]),
-    "momentum_direction": (["sgd", "sam", "msam"], ["cos_last", "curv_mom", "curv_rand", "rise(-mom)"],
+    "momentum_direction": (["sgd", "sam", "msam"], ["cos_last", "curv_mom", "curv_rand", "mom>rand", "rise(-mom)"],
                            ["over_training", "slice_momentum", "slice_random"]),
 }
 
