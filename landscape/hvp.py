@@ -39,8 +39,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -77,6 +78,19 @@ def _double_backward(obj: Objective, theta: Tensor, i: int, j: int, v: Tensor) -
             return torch.zeros_like(t)
         (hv,) = torch.autograd.grad(g, t, v, allow_unused=True)
     return torch.zeros_like(t) if hv is None else hv.detach()
+
+
+@contextlib.contextmanager
+def _oom_hint(method: str) -> Iterator[None]:
+    """Out of memory while keeping every batch's graph: say what fits (the same error type)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise torch.OutOfMemoryError(
+            f"{e}\nhvp method {method!r} keeps the gradient graph of every batch and piece; use "
+            "hvp_method='double-backward' (constant memory, split automatically when out of memory) "
+            "or 'auto' with micro_batch_size set"
+        ) from None
 
 
 def hvp(obj: Objective, v: Tensor, theta: Tensor | None = None, batch: int | None = None, *,
@@ -119,7 +133,7 @@ def operator(obj: Objective, theta: Tensor | None = None, batch: int | None = No
     if method == "retained-graph":
         t = theta.clone().requires_grad_(True)
         grads: dict[tuple[int, int], Tensor | None] = {}
-        with torch.enable_grad(), tf32_matmuls(obj.tf32):
+        with torch.enable_grad(), tf32_matmuls(obj.tf32), _oom_hint(method):
             for i, j in pieces:
                 li = obj.batch_loss(t, i, j)
                 g = torch.autograd.grad(li, t, create_graph=True, allow_unused=True)[0] if li.requires_grad else None
@@ -136,7 +150,7 @@ def operator(obj: Objective, theta: Tensor | None = None, batch: int | None = No
             # torch.fx constant folding inside linearize warns about its own graph internals.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            with tf32_matmuls(obj.tf32):
+            with tf32_matmuls(obj.tf32), _oom_hint(method):
                 fns = {(i, j): linearize(grad(obj.batch_loss_fn(i, j)), theta)[1] for i, j in pieces}
 
         def product(i: int, j: int, v: Tensor) -> Tensor:

@@ -273,3 +273,25 @@ def test_readme_gpu_example_runs(capsys):
     exec(compile(code, "README.md (Analyses on a GPU)", "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out.split()
     assert out[0] == ("cuda:0" if CUDA else "cpu") and out[1] == "float32" and 0 < float(out[-1]) < 0.05
+
+
+def test_emulated_tf32_rounds_conv_and_matmul_operands_forward_and_backward():
+    from landscape.precision import emulated_tf32, round_to_tf32
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g)
+    with emulated_tf32():
+        y = nn.functional.conv2d(x, w)
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+    want = nn.functional.conv2d(round_to_tf32(x.detach()), round_to_tf32(w))
+    assert torch.equal(y.detach(), want)
+    exact = nn.functional.conv2d(x.detach(), w)
+    rel = float((y.detach() - exact).abs().max() / exact.abs().max())
+    assert 1e-5 < rel < 1e-2  # TF32: ~2^-11 per operand
+    gx_exact = torch.autograd.grad(nn.functional.conv2d(x, w).square().sum(), x)[0]
+    assert 1e-5 < float((gx - gx_exact).abs().max() / gx_exact.abs().max()) < 1e-2  # backward rounded too
+    d = torch.randn(5, dtype=torch.float64)
+    assert torch.equal(round_to_tf32(d), d)  # float64 untouched
+    bits = round_to_tf32(torch.randn(1000, generator=g)).view(torch.int32)
+    assert int((bits & 0x1FFF).abs().max()) == 0  # 13 low mantissa bits cleared: 10 remain

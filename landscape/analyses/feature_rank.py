@@ -403,7 +403,7 @@ def feature_rank(
     parameters and buffers are only read (``dtype`` and ``bn_mode="train"`` work on copies).
 
     Args:
-        model: the network; runs on its own device.
+        model: the network; runs on its device unless ``device`` says otherwise (never moved).
         data: any form of :mod:`landscape.inputs` (the training set without augmentation, as in
             the protocol); the targets are read but not used.
         batch_size: examples per forward (the result does not depend on it in eval mode).

@@ -443,7 +443,7 @@ def robustness(
 
     Args:
         model: a classifier returning logits ``(N, C)`` (or any output ``output_fn`` maps to
-            them); never changed (see the module docstring). Runs on its own device.
+            them); never changed (see the module docstring). Runs on its device unless ``device`` says otherwise.
         data: any form of :mod:`landscape.inputs` with one input tensor per example and class
             targets; at least ``n`` examples, in [0, 1] unless standardized (a zoo data set,
             or ``normalization``). Use the *test* split for the papers' numbers.

@@ -181,7 +181,7 @@ def sharpness(
     """m-sharpness of ``model`` on the first ``n`` examples of ``data`` (SAM-ON Eq. 6).
 
     Args:
-        model: the network (never mutated; runs on its own device).
+        model: the network (never mutated or moved; runs on its device unless ``device`` says otherwise).
         data: any form of :mod:`landscape.inputs` (``Dataset``, ``DataLoader``, ``(x, y)``,
             batches), at least ``n`` examples; use the *training* set without augmentation
             (Appendix B.10).
@@ -193,7 +193,8 @@ def sharpness(
         logit_normalize: centre logits and divide by their l2 norm before the loss.
         params: parameter group perturbed (``"all"``, ``"norm"``, ``"no-norm"``, ``"B3"``, ...);
             the other parameters (and frozen ones, ``requires_grad=False``) stay at their values.
-        dtype: ``None`` (the model's), ``"float32"``/``"float64"`` or a ``torch.dtype``.
+        dtype: ``None`` (the model's; float32 for a float16/bfloat16 model), ``"float32"``/``"float64"``
+            or a ``torch.dtype``.
         batch_fn, output_fn: adapters for other batch and output forms (:mod:`landscape.inputs`).
         device, micro_batch_size, tf32: where it computes (``None``: the model's device; "cpu",
             "cuda", "cuda:N" or a ``torch.device``; the model is never moved, the objective's
