@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 
 from landscape.analyses.common import make_options, stamp
-from landscape.analyses.lanczos import _order, lanczos, lanczos_tridiagonal
+from landscape.analyses.lanczos import _order, as_matvec, lanczos, lanczos_tridiagonal
 from landscape.analyses.slq import default_grid, default_sigma, gaussian_density, slq
 from landscape.analyses.trace import TraceEstimate, deflated_trace, hutchinson, hutchpp, xtrace
 from landscape.config import check
@@ -293,7 +293,8 @@ def _spectrum(obj, opts, matvec, counts, seconds, part, loss0, units, method) ->
                 # of the budget continues the eigenvalue run in place (the SLQ reuse continues the
                 # same run, so those steps are not paid twice), the rest probes the remainder.
                 krylov = budget // 3
-                tri, basis = lanczos_tridiagonal(matvec, eig.state[1].rows[0], eig.steps + krylov,
+                # float64 products, as lanczos() wraps them (a float32 model's HVPs are float32).
+                tri, basis = lanczos_tridiagonal(as_matvec(matvec, P, obj.device)[0], eig.state[1].rows[0], eig.steps + krylov,
                                                  restart_generator=g_trace, resume=eig.state)
                 budget -= counts["trace"]
                 B, exact = basis.rows, float(np.sum(tri.alpha))
