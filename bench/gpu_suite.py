@@ -37,17 +37,18 @@ per-part measure (the process's maximum resident size only grows), so it prints 
 Expected device memory at full size (P = 36.5M parameters, float64 vectors 292 MB each), chosen
 to fit one 80 GB GPU:
 
-* hessian: the Lanczos basis is float64, ``steps x P x 8`` bytes, preallocated for
-  ``min(steps, 64)`` rows and doubled when full; ``max_steps=64`` and ``slq_steps=64`` keep each
-  basis at one 64-row block, 18.7 GB (the defaults 100 / 90 would double it to 128 rows at step
-  65: 37.4 GB plus an 18.7 GB copy while growing). The eigenvalue run's basis is kept through the
-  trace (it deflates it) and the density (it is SLQ run 0), so the SLQ runs hold two bases
-  (37 GB). XTrace at its default 100 HVPs holds ~50 probe and ~50 orthonormal float64 vectors
-  (~29 GB, ~44 GB while a block is appended) next to the kept basis. The HVPs (recomputed
-  double-backward on batches of 128) keep the graph of a gradient: roughly 3x the activations of
-  a training step, ~12 GB at 128 images of 32x32. Expected Hessian peak: roughly 65-75 GB, in
-  the trace part: within 80 GB narrowly, comfortably on a 141 GB H200; ``--trace-samples 50``
-  halves the XTrace share.
+* hessian: the Lanczos basis is float64, ``steps x P x 8`` bytes (292 MB a row), preallocated
+  for ``min(steps, 64)`` rows and doubled when full (the old and the new block coexist while it
+  is copied). ``max_steps=64`` and ``slq_steps=64`` keep the eigenvalue run and each SLQ run to
+  one 64-row block, 18.7 GB (the defaults 100 / 90 would double it at step 65). The default
+  trace (``trace_deflation="lanczos"``) continues the eigenvalue run by ``trace_samples // 3``
+  (33) steps and keeps that basis for the SLQ reuse: up to 64 + 33 = 97 rows, so the block
+  doubles to 128 rows (37.4 GB, 56 GB during the copy) and stays alive while the other SLQ runs
+  build their own 64-row basis (37.4 + 18.7 GB). The HVPs (recomputed double-backward on batches
+  of 128) keep the graph of a gradient: roughly 3x the activations of a training step, ~12 GB at
+  128 images of 32x32. Expected Hessian peak: roughly 65-70 GB: within 80 GB narrowly,
+  comfortably on a 141 GB H200; ``--trace-samples`` lower (or a Lanczos run that converges
+  before 31 steps) keeps the kept basis within one 64-row block.
 * sharpness: a handful of P-vectors (Auto-PGD's iterate, best point, gradient: < 2 GB) plus one
   training-step's activations at m=128 (~4 GB).
 * slice, feature_rank: no-grad forwards at batch 256 (a few GB), two directions (292 MB).
