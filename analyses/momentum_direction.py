@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in ("momentum", "random"):
         analyze(study.final_checkpoints(), "slice", out=study.results / f"slice_{kind}", device=study.device,
                 progress=False, options={"data": {"n": n}, "slice": {
-                    "kind": kind, "ndim": 1, "grid": "-1:1:5" if q else SLICE_GRID, "batch_size": n}})
+                    "kind": kind, "ndim": 1, "grid": SLICE_GRID, "batch_size": n}})
         slices[kind] = open_results(study.results / f"slice_{kind}", "slice").isel(step=-1)
 
     last = curv.isel(step=-1)

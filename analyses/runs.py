@@ -19,7 +19,8 @@ for (see ``EPOCHS``).
 Results go to ``<out>/results/<script>/<dataset>-<model>/`` (the ``landscape.analyze`` store:
 one netCDF file per checkpoint and analysis, reused when it exists), figures to
 ``<out>/figures/<script>/<dataset>-<model>/``. ``--quick`` is a tiny budget for the tests (600
-examples, width 4, 2 epochs, 1 seed) in ``<dataset>-<model>-quick``, never mixed with real runs.
+examples of MNIST-1D or synthetic data, resnet1d width 4, 2 epochs, 1 seed, batch 100) in
+``<dataset>-<model>-quick``, never mixed with real runs.
 
 Example:
     >>> args = parser("demo").parse_args(["--quick", "--out", "/tmp/x"])
@@ -130,7 +131,8 @@ class Study:
         model_kwargs = {"width": WIDTH} if args.model == "resnet1d" else {}
         if args.quick:
             fields.update({k: v for k, v in QUICK.items() if k != "epochs"})
-            fields["dataset_kwargs"] = {**QUICK["dataset_kwargs"], **fields["dataset_kwargs"]}
+            if args.dataset in ("mnist1d", "synthetic"):  # the data sets with a num_samples option
+                fields["dataset_kwargs"] = {**QUICK["dataset_kwargs"], **fields["dataset_kwargs"]}
             fields["epochs"] = args.epochs or QUICK["epochs"]
             model_kwargs = dict(QUICK["model_kwargs"]) if args.model == "resnet1d" else {}
         if args.model_kwargs is not None:
