@@ -417,8 +417,11 @@ def test_one_color_per_run_everywhere(sharp, hess):
     c1 = [ln.get_color() for ln in _lines(plots.trace(hess, colors=colors).axes[0])]
     c2 = [c.lines[0].get_color() for c in plots.sharpness_vs_rho(sharp, colors=colors).axes[0].containers]
     assert c1 == c2 == [colors["sam"], colors["sgd"]]
-    many = run_colors([f"r{i}" for i in range(30)])
-    assert len({str(v) for v in many.values()}) == 28  # 8 Okabe-Ito + 20 tab20, then cycling
+    many = run_colors([f"r{i}" for i in range(40)])
+    assert len({str(v) for v in many.values()}) == 37  # 8 Okabe-Ito + 9 Tol muted + 20 tab20, then cycling
+    from landscape.plots.common import OKABE_ITO, TOL_MUTED
+
+    assert [many[f"r{i}"] for i in range(17)] == [*OKABE_ITO, *TOL_MUTED]  # the colour-blind-safe ones first
 
 
 def test_wrong_analysis_is_a_clear_error(sharp, norms, hess):

@@ -42,6 +42,9 @@ __all__ = [
 
 # Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies and in grey.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+# Paul Tol's "muted" scheme, also colour-blind safe: runs 9-17 (e.g. 3 optimizers x 3 seeds).
+TOL_MUTED = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
+PALETTE = OKABE_ITO + TOL_MUTED
 
 STYLE: dict[str, Any] = {
     "font.size": 9,
@@ -128,7 +131,8 @@ def runs_of(ds: xr.Dataset) -> list[str]:
 
 
 def run_colors(runs: Iterable[str], colors: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One color per run: ``colors`` where given, else Okabe-Ito (then tab20) in order.
+    """One color per run: ``colors`` where given, else :data:`PALETTE` in order (Okabe-Ito, then
+    Tol muted: 17 colour-blind-safe colours; past those, tab20).
 
     Pass the same mapping to every figure (the CLI does) so a run keeps its color throughout.
 
@@ -138,7 +142,7 @@ def run_colors(runs: Iterable[str], colors: Mapping[str, Any] | None = None) -> 
     """
     colors = dict(colors or {})
     out: dict[str, Any] = {}
-    free = [c for c in OKABE_ITO if c not in colors.values()]
+    free = [c for c in PALETTE if c not in colors.values()]
     extra = [matplotlib.colormaps["tab20"](i) for i in range(20)]
     i = 0
     for run in runs:
