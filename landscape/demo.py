@@ -199,7 +199,7 @@ def pixel_range_reason(dataset: Any) -> str | None:
     Example:
         >>> from landscape.data import get_dataset
         >>> pixel_range_reason(get_dataset("synthetic", "train"))[:40]
-        'its inputs, shape (16,), are not images '
+        'its inputs, shape (40,), are not images '
     """
     from landscape.analyses.robustness import standardization_of
 
