@@ -21,9 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/landscape demo
 
 # The README gallery: the demo's figures as PNGs in analyses/gallery/ (each < 300 KB; committed).
-# Reuses the runs and results of `make demo` (it computes only what is missing).
+# Reuses the runs and results of `make demo` (it computes only what is missing) and redraws the figures.
 gallery: $(STAMP)
-	$(VENV)/bin/landscape demo --gallery analyses/gallery
+	$(VENV)/bin/landscape demo --redraw --gallery analyses/gallery
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

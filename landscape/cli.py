@@ -189,6 +189,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     p.add_argument("--gallery", default=None, metavar="DIR",
                    help="also copy the README gallery's figures there as PNGs (make gallery: analyses/gallery)")
+    p.add_argument("--redraw", action="store_true",
+                   help="draw the figures even when nothing new was computed (after a change of the plotting code)")
     p.set_defaults(func=run_demo)
 
 
@@ -211,7 +213,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs}: accepted: an integer >= 1")
     report = demo(args.out, epochs=args.epochs, quick=args.quick, gallery=args.gallery,
-                  analyse_epochs=_epoch_list(args.analyse_epochs))
+                  analyse_epochs=_epoch_list(args.analyse_epochs), redraw=args.redraw)
     return EXIT_FAILED if report["reused"]["failed"] else EXIT_OK
 
 

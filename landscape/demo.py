@@ -128,7 +128,7 @@ class DemoBudget:
     n: int = 1024
     hessian_n: int = 512
     top_k: int = 5
-    lanczos_steps: int | None = None
+    lanczos_tol: float = 1e-3
     trace_samples: int = 30
     slq_runs: int = 2
     slq_steps: int = 20
@@ -143,11 +143,11 @@ class DemoBudget:
 
     @classmethod
     def quick(cls) -> DemoBudget:
-        """A tiny budget for tests: the same code paths in seconds (every epoch analysed)."""
+        """A tiny budget for tests: the same code paths (two worker processes) in seconds, every epoch analysed."""
         return cls(epochs=2, width=4, batch_size=100, num_samples=600, analyse_epochs=None, n=200,
-                   hessian_n=100, top_k=2, lanczos_steps=8, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
+                   hessian_n=100, top_k=2, lanczos_tol=1e-2, trace_samples=6, slq_runs=1, slq_steps=8, sharpness_n=100,
                    rho=(0.002, 0.004), m=50, apgd_steps=3, random_directions=1, slice_grid="-1:1:4",
-                   slice_n=100, workers=1)
+                   slice_n=100)
 
     def epochs_analysed(self) -> list[int]:
         """The epochs whose checkpoints get the per-epoch analyses (sorted, the last included)."""
@@ -178,7 +178,7 @@ def demo_analysis_options(budget: DemoBudget) -> dict[str, dict[str, Any]]:
     """
     return {
         "data": {"n": budget.n},
-        "hessian": {"top_k": budget.top_k, "tol": 1e-3, "max_steps": budget.lanczos_steps, "max_samples": budget.hessian_n,
+        "hessian": {"top_k": budget.top_k, "tol": budget.lanczos_tol, "max_samples": budget.hessian_n,
                     "batch_size": budget.hessian_n, "trace_samples": budget.trace_samples,
                     "slq_runs": budget.slq_runs, "slq_steps": budget.slq_steps},
         "sharpness": {"kind": "worst", "norm": "linf", "adaptive": True, "logit_normalize": True,
@@ -199,7 +199,7 @@ def pixel_range_reason(dataset: Any) -> str | None:
     Example:
         >>> from landscape.data import get_dataset
         >>> pixel_range_reason(get_dataset("synthetic", "train"))[:40]
-        'its inputs, shape (16,), are not images '
+        'its inputs, shape (40,), are not images '
     """
     from landscape.analyses.robustness import standardization_of
 
@@ -366,7 +366,7 @@ def draw_figures(layout: DemoLayout, formats=("png",)) -> tuple[list[Path], list
 
 def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: int | None = None,
          analyse_epochs: tuple[int, ...] | str | None = None, budget: DemoBudget | None = None,
-         gallery: str | os.PathLike | None = None) -> dict[str, Any]:
+         gallery: str | os.PathLike | None = None, redraw: bool = False) -> dict[str, Any]:
     """Train, analyse, plot; print the summary table and return it.
 
     Args:
@@ -378,6 +378,8 @@ def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: i
             epoch; the last is always included).
         budget: the sizes (default :class:`DemoBudget` or its quick form).
         gallery: also copy the :data:`GALLERY` figures there as PNGs (the README's gallery).
+        redraw: draw the figures even when nothing new was computed (after a change of the
+            plotting code); otherwise a run that computed nothing reuses the figures it finds.
 
     Returns:
         ``{"table": {run: row}, "figures": [paths], "reused": {...}, "seconds": {...}}``.
@@ -424,7 +426,7 @@ def demo(out: str | os.PathLike | None = None, *, quick: bool = False, epochs: i
     t_analyse = time.monotonic() - t0 - t_train
 
     previous = _previous_figures(layout)
-    figures_reused = not done and len(runs_reused) == len(runs) and previous is not None
+    figures_reused = not redraw and not done and len(runs_reused) == len(runs) and previous is not None
     if figures_reused:
         figures, fig_failures = previous, []
     else:
