@@ -81,7 +81,9 @@ def slq(
         operator: symmetric matvec (float64 in) or dense matrix.
         dim: dimension for a callable operator.
         runs: number of Rademacher start vectors (Ghorbani et al.: >= 10).
-        steps: Lanczos steps per run (Ghorbani et al. / SAM Fig. 3: about 90); capped at ``dim``.
+        steps: Lanczos steps per run (Ghorbani et al. / SAM Fig. 3: about 90; ``hessian_spectrum``
+            uses 45, where the broadened density had converged in ``bench/bench_density.py``);
+            capped at ``dim``.
         seed: int or CPU ``torch.Generator``.
         device: device of the Lanczos vectors for a callable operator.
         first_run: the state of an earlier Lanczos run of this operator from a Rademacher
