@@ -25,7 +25,6 @@ Prints markdown tables; ``--json PATH`` writes the numbers.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -34,29 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hessian import make_problem  # noqa: E402
+from bench_hessian import f64_loss_fn, make_problem  # noqa: E402
 
 from landscape.analyses.slq import gaussian_density, slq  # noqa: E402
 
 
 def dense_hessian(model, x, y, chunk=128):
     """Exact float64 Hessian of the eval-mode mean cross-entropy over all parameters."""
-    ref = copy.deepcopy(model).double().eval()
-    names = [n for n, _ in ref.named_parameters()]
-    shapes = [p.shape for p in ref.parameters()]
-    sizes = [p.numel() for p in ref.parameters()]
-    buffers = dict(ref.named_buffers())
-    xd = x.double()
-
-    def f(theta):
-        ps = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
-        return F.cross_entropy(torch.func.functional_call(ref, {**ps, **buffers}, (xd,)), y)
-
-    theta = torch.cat([p.detach().double().reshape(-1) for p in ref.parameters()])
+    f, theta = f64_loss_fn(model, x, y)
     return torch.func.jacrev(torch.func.jacrev(f), chunk_size=chunk)(theta)
 
 
