@@ -6,7 +6,7 @@ checkpoints with every analysis that applies:
 
 * on the checkpoints of epochs 4 and 8 of 8 (the curves over training; ``--analyse-epochs``
   chooses others, ``all`` every epoch): the Hessian spectrum (top
-  eigenvalues by Lanczos, Hutch++ trace, SLQ density), adaptive worst-case l-inf m-sharpness
+  eigenvalues by Lanczos, the trace deflated by the Lanczos basis, SLQ density), adaptive worst-case l-inf m-sharpness
   with logit normalization (SAM-ON Appendix B.10), the curvature along the momentum, gradient and
   random directions and the momentum-gradient cosine (MSAM Appendix A.4), the gamma/beta
   statistics of the normalization layers, and the feature rank (SAM-ON Table 6);
@@ -67,7 +67,7 @@ GALLERY: dict[str, str] = {
     "sharpness_accuracy": "test accuracy against adaptive worst-case sharpness, one point per run "
                           "(SAM-ON Table 6 as a figure)",
     "hessian_eigenvalues": "the top-5 Hessian eigenvalues over training (Lanczos; lambda_1 bold)",
-    "hessian_trace": "the Hessian trace over training (Hutch++, with its standard error)",
+    "hessian_trace": "the Hessian trace over training (deflated by the Lanczos basis, with its standard error)",
     "hessian_density": "the Hessian's spectral density at the last checkpoint (stochastic Lanczos quadrature)",
     "sharpness_step": "adaptive worst-case l-inf m-sharpness over training, one panel per radius rho",
     "sharpness_rho": "adaptive worst-case l-inf m-sharpness against rho at the last checkpoint",
