@@ -40,6 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import xarray as xr
+
 REPO = Path(__file__).resolve().parents[1]
 # `python analyses/NAME.py` puts analyses/ on sys.path, not the repository: import the
 # repository's landscape (installed or not) - the one place this is done.
@@ -182,6 +185,24 @@ class Study:
 
     def final_checkpoints(self, optimizers: Iterable[str] | None = None) -> list[Path]:
         return [self.checkpoint(o, s) for o in optimizers or self.optimizers for s in self.seeds]
+
+    def final_results(self, analysis: str, options: Mapping) -> xr.Dataset:
+        """Run ``analysis`` with ``options`` on the final checkpoints (finished results are
+        reused) and open exactly that option set's results, each run at the budget's last epoch:
+        the store may hold other option sets and, for a run trained further, later epochs."""
+        from landscape.batch import analyze
+        from landscape.results import open_results
+
+        summary = analyze(self.final_checkpoints(), analysis, options=dict(options), out=self.results,
+                          device=self.device, progress=False)
+        if summary.failed:
+            raise SystemExit(f"{self.script}: {analysis} failed: "
+                             + "; ".join(sorted({f["error"] for f in summary.failed})))
+        (hash_,) = {Path(r["result"]).stem.rsplit("-", 1)[1] for r in summary.done + summary.skipped}
+        ds = open_results(self.results, analysis, options_hash=hash_)
+        at = [ds.sel(run=r).isel(step=int(np.flatnonzero(ds["epoch"].sel(run=r).values == self.epochs)[0]))
+              for r in ds["run"].values]
+        return xr.concat(at, "run", coords="different", compat="equals")
 
     def history(self, optimizer: str, seed: int) -> list[dict]:
         """The run's per-epoch metrics (``run.json``: train_loss, test_acc, ...)."""

@@ -38,16 +38,11 @@ runs of ``runs.py``, already trained); run again, it reuses everything and takes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import runs
-import xarray as xr
 
-from landscape.batch import analyze
 from landscape.plots import save
 from landscape.plots.common import figure, style
-from landscape.results import open_results
 
 SCRIPT = "sam_on"
 OPTIMIZERS = ("sgd", "sam", "sam-on")
@@ -55,21 +50,6 @@ RHOS = (0.003, 0.005, 0.007)  # SAM-ON Table 6, 20-step radii
 RHO = 0.005  # the radius of the table's norm-only column and of the scatter figure
 # Fixed histogram ranges, so every layer, seed and run shares its bins and histograms add up.
 GAMMA_RANGE, BETA_RANGE, BINS = (-0.5, 2.5), (-1.5, 1.5), 60
-
-
-def results(study: runs.Study, analysis: str, options: dict) -> xr.Dataset:
-    """Run ``analysis`` on the final checkpoints and open exactly these options' results (the
-    folder may hold others: the norm-only sharpness beside the all-parameter one)."""
-    summary = analyze(study.final_checkpoints(), analysis, options=options, out=study.results,
-                      device=study.device, progress=False)
-    if summary.failed:
-        raise SystemExit(f"{SCRIPT}: {analysis} failed: " + "; ".join(sorted({f["error"] for f in summary.failed})))
-    (hash_,) = {Path(r["result"]).stem.rsplit("-", 1)[1] for r in summary.done + summary.skipped}
-    ds = open_results(study.results, analysis, options_hash=hash_)
-    # Each run at the budget's last epoch (the store may also hold other epochs of the same runs).
-    at = [ds.sel(run=r).isel(step=int(np.flatnonzero(ds["epoch"].sel(run=r).values == study.epochs)[0]))
-          for r in ds["run"].values]
-    return xr.concat(at, "run", coords="different", compat="equals")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,10 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     sharp = {"kind": "worst", "norm": "linf", "adaptive": True, "logit_normalize": True, "rho": list(rhos),
              "m": m, "n": n, "steps": 3 if quick else 20}
     data = {"data": {"n": n}}
-    s_all = results(study, "sharpness", {**data, "sharpness": {**sharp, "params": "all"}})
+    s_all = study.final_results("sharpness", {**data, "sharpness": {**sharp, "params": "all"}})
     # Norm-only at the middle radius alone: Auto-PGD dominates the run time on a 2-core CPU.
-    s_norm = results(study, "sharpness", {**data, "sharpness": {**sharp, "params": "norm", "rho": [RHO]}})
-    norms = results(study, "norm_params", {"norm_params": {"bins": BINS, "gamma_range": list(GAMMA_RANGE),
+    s_norm = study.final_results("sharpness", {**data, "sharpness": {**sharp, "params": "norm", "rho": [RHO]}})
+    norms = study.final_results("norm_params", {"norm_params": {"bins": BINS, "gamma_range": list(GAMMA_RANGE),
                                                             "beta_range": list(BETA_RANGE)}})
 
     rows = {}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import runs
 
 from landscape import plots
-from landscape.batch import analyze
 from landscape.results import open_results
 
 SCRIPT = "sam_spectrum"
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     hessian = {"top_k": 5, "tol": 1e-3, "batch_size": n, "max_samples": n,
                "trace_samples": 15 if q else 30, "trace_method": "hutch++", "trace_deflation": "none",
                "trace_rtol": 1e-2, "slq_runs": 2, "slq_steps": 10 if q else 40, "slq_reuse": False}
-    analyze(study.final_checkpoints(), "hessian", options={"data": {"n": n}, "hessian": hessian},
-            out=study.results, device=study.device, progress=False)
-    ds = open_results(study.results, "hessian").isel(step=-1)
+    ds = study.final_results("hessian", {"data": {"n": n}, "hessian": hessian})
 
     rows = {}
     for opt in study.optimizers:
