@@ -96,6 +96,18 @@ def test_demo_gallery_copies_pngs_under_the_size_limit(quick_demo, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 300_000 for p in pngs)
 
 
+def test_demo_redraw_draws_the_figures_again_without_computing(quick_demo, capsys):
+    out, _, second = quick_demo
+    assert "reused: no new results" in second  # a plain second run reuses the figures
+    png = next((out / "figures").glob("*.png"))
+    before = png.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out), "--redraw"]) == 0
+    text = capsys.readouterr().out
+    assert "computed 0" in text and "reused: no new results" not in text
+    assert png.stat().st_mtime_ns > before
+
+
 def test_demo_layout_default_and_the_earlier_out_folder():
     assert DemoLayout.at() == DemoLayout(Path("checkpoints/demo"), Path("results/demo"), Path("figures/demo"))
     assert DemoLayout.at("demo").checkpoints == Path("demo/checkpoints")  # what earlier versions wrote
